@@ -1,0 +1,256 @@
+"""`diagnosis-zero metrics`: accuracy and behaviour statistics of evaluated or judged files.
+
+One file gives one column of figures. Several files (the steps of a run, or runs of several sizes)
+give the original study's layout: one row per model, one column per step, and the gain from the
+first step to the last.
+
+Rates are fractions in [0, 1] in `summarize` and the JSON output, percentages in the tables. A
+value that cannot be computed (no judged line, no list prediction) is None / "-", never 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import statistics
+from pathlib import Path
+
+from diagnosis_zero.errors import ConfigError, InputFileError
+from diagnosis_zero.io import iter_jsonl
+
+log = logging.getLogger(__name__)
+
+# name -> (label, kind); kind decides the formatting: rate (%), count, tokens, reward
+METRICS: dict[str, tuple[str, str]] = {
+    "n": ("lines", "count"),
+    "top1_rule": ("top-1, rule", "rate"),
+    "top5_rule": ("top-5, rule", "rate"),
+    "top1_judge": ("top-1, judge (score 2)", "rate"),
+    "top1_judge_incl1": ("top-1, judge (score 2 or 1)", "rate"),
+    "top5_judge": ("top-5, judge (score 2)", "rate"),
+    "top5_judge_incl1": ("top-5, judge (score 2 or 1)", "rate"),
+    "score_mean": ("rule reward, mean", "reward"),
+    "format_rate": ("format adherence", "rate"),
+    "think_rate": ("think present", "rate"),
+    "answer_only_rate": ("answer without think", "rate"),
+    "mixed_language_rate": ("mixed language", "rate"),
+    "acc_mixed": ("top-1 rule, mixed-language lines", "rate"),
+    "acc_not_mixed": ("top-1 rule, other lines", "rate"),
+    "judge_acc_mixed": ("top-1 judge, mixed-language lines", "rate"),
+    "judge_acc_not_mixed": ("top-1 judge, other lines", "rate"),
+    "tokens_mean": ("completion tokens, mean", "tokens"),
+    "tokens_median": ("completion tokens, median", "tokens"),
+    "n_judged": ("judged lines", "count"),
+    "judge_errors": ("judge errors", "count"),
+}
+
+_STEP_FILE = re.compile(r"step-(\d+)")
+
+
+def _read_results(path: Path) -> list[dict]:
+    errors: list[InputFileError] = []
+    records = [record for _, record in iter_jsonl(path, skip_invalid=True, errors=errors)]
+    if errors:
+        last_line = path.read_bytes().count(b"\n") + 1
+        torn_tail = len(errors) == 1 and errors[0].line == last_line
+        if not torn_tail:
+            raise errors[0]
+        log.warning("%s: ignoring a partial last line (the file is still being written?)", path)
+    return records
+
+
+def load_results(paths) -> list[dict]:
+    """Return the lines of evaluated/judged files, each with `model` and `step` filled in.
+
+    A line without a `model` takes its run folder's name; one without a `step` takes N from a
+    `step-N...` file name (None otherwise). Each line also gets `_file`, the path it came from.
+    """
+    records = []
+    for path in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
+        if not path.is_file():
+            raise InputFileError(path, None, None, "file not found")
+        step_match = _STEP_FILE.match(path.name)
+        for record in _read_results(path):
+            if record.get("model") in (None, ""):
+                record["model"] = path.resolve().parent.name
+            if record.get("step") is None and step_match:
+                record["step"] = int(step_match.group(1))
+            record["_file"] = str(path)
+            records.append(record)
+    return records
+
+
+def _mean(values) -> float | None:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else None
+
+
+def _rule_rank(record: dict) -> int | None:
+    """1-based rank of the first rule-matched item of a list prediction (None: no match)."""
+    if "rank" in record:
+        return record["rank"]
+    return 1 if record.get("acc") else None
+
+
+def _judged(record: dict) -> dict | None:
+    judge = record.get("judge")
+    if isinstance(judge, dict) and not judge.get("error") and judge.get("score") is not None:
+        return judge
+    return None
+
+
+def summarize(records: list[dict]) -> dict:
+    """Return the accuracy and behaviour figures of a set of result lines (see METRICS)."""
+    lists = [r for r in records if isinstance(r.get("prediction"), list)]
+    judged = [(r, j) for r in records if (j := _judged(r)) is not None]
+    judged_lists = [(r, j) for r, j in judged if isinstance(r.get("prediction"), list)]
+    mixed = [r for r in records if r.get("mixed_language")]
+    not_mixed = [r for r in records if not r.get("mixed_language")]
+    tokens = [r["num_tokens"] for r in records if isinstance(r.get("num_tokens"), (int, float))]
+
+    def answered(record: dict) -> bool:
+        prediction = record.get("prediction")
+        return bool(prediction.strip() if isinstance(prediction, str) else prediction)
+
+    def judge_top1(pairs) -> float | None:
+        return _mean(j["score"] == 2 for _, j in pairs)
+
+    def judge_best(pairs, floor: int) -> float | None:
+        return _mean(max((s for s in (j.get("scores") or [j["score"]]) if s is not None), default=0) >= floor
+                     for _, j in pairs)
+
+    return {
+        "n": len(records),
+        "top1_rule": _mean(_rule_rank(r) == 1 for r in records),
+        "top5_rule": _mean(_rule_rank(r) is not None and _rule_rank(r) <= 5 for r in lists) if lists else None,
+        "top1_judge": judge_top1(judged),
+        "top1_judge_incl1": _mean(j["score"] >= 1 for _, j in judged),
+        "top5_judge": judge_best(judged_lists, 2) if judged_lists else None,
+        "top5_judge_incl1": judge_best(judged_lists, 1) if judged_lists else None,
+        "score_mean": _mean(r["score"] for r in records if isinstance(r.get("score"), (int, float))),
+        "format_rate": _mean(bool(r.get("format")) for r in records),
+        "think_rate": _mean(bool(r.get("think_present")) for r in records),
+        "answer_only_rate": _mean(answered(r) and not r.get("think_present") for r in records),
+        "mixed_language_rate": _mean(bool(r.get("mixed_language")) for r in records),
+        "acc_mixed": _mean(_rule_rank(r) == 1 for r in mixed),
+        "acc_not_mixed": _mean(_rule_rank(r) == 1 for r in not_mixed),
+        "judge_acc_mixed": judge_top1([(r, j) for r, j in judged if r.get("mixed_language")]),
+        "judge_acc_not_mixed": judge_top1([(r, j) for r, j in judged if not r.get("mixed_language")]),
+        "tokens_mean": _mean(tokens),
+        "tokens_median": float(statistics.median(tokens)) if tokens else None,
+        "n_judged": len(judged),
+        "judge_errors": sum(1 for r in records if isinstance(r.get("judge"), dict) and r["judge"].get("error")),
+    }
+
+
+def summarize_files(paths) -> list[dict]:
+    """Return one summary per file, each with its `model`, `step` and `file`."""
+    summaries = []
+    for path in paths:
+        records = load_results([path])
+        models = sorted({str(r["model"]) for r in records})
+        steps = sorted({r["step"] for r in records if r.get("step") is not None})
+        if len(models) > 1 or len(steps) > 1:
+            log.warning("%s mixes models %s / steps %s; labelled by its first line", path, models, steps)
+        first = records[0] if records else {"model": Path(path).resolve().parent.name, "step": None}
+        summaries.append({"model": str(first["model"]), "step": first.get("step"), "file": str(path),
+                          **summarize(records)})
+    return summaries
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+
+
+def format_value(name: str, value) -> str:
+    if value is None:
+        return "-"
+    kind = METRICS.get(name, ("", "reward"))[1]
+    if kind == "rate":
+        return f"{100 * value:.1f}%"
+    if kind == "count":
+        return str(int(value))
+    if kind == "tokens":
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def _natural(text: str) -> list[tuple]:
+    """Sort key that puts 1.5b before 3b before 7b before 32b."""
+    return [(0, float(part), "") if part[0].isdigit() else (1, 0.0, part.lower())
+            for part in re.split(r"(\d+(?:\.\d+)?)", text) if part]
+
+
+def _render(header: list[str], rows: list[list[str]], fmt: str) -> str:
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
+             for row in [header, ["-" * w for w in widths], *rows]]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def step_table(summaries: list[dict], metric: str) -> tuple[list[str], list[list[str]]]:
+    """Return the original's layout for one metric: model rows x step columns, plus the gain."""
+    chosen: dict[tuple[str, int | None], dict] = {}
+    for summary in summaries:
+        key = (summary["model"], summary["step"])
+        if key in chosen:
+            keep = max(chosen[key], summary, key=lambda s: s["n_judged"])
+            log.warning("several files for model %s step %s; using %s", key[0], key[1], keep["file"])
+            summary = keep
+        chosen[key] = summary
+    steps = sorted({step for _, step in chosen}, key=lambda s: -1 if s is None else s)
+    models = sorted({model for model, _ in chosen}, key=_natural)
+    header = ["model", *("base" if s is None else f"step {s}" for s in steps), "gain"]
+    rows = []
+    for model in models:
+        values = [chosen[(model, s)][metric] if (model, s) in chosen else None for s in steps]
+        present = [v for v in values if v is not None]
+        gain = "-"
+        if len(present) >= 2:
+            delta = present[-1] - present[0]
+            gain = f"{100 * delta:+.1f}" if METRICS[metric][1] == "rate" else f"{delta:+.3g}"
+        rows.append([model, *(format_value(metric, v) for v in values), gain])
+    return header, rows
+
+
+def render(summaries: list[dict], fmt: str = "table", metrics: list[str] | None = None) -> str:
+    """Render summaries as a plain-text table, Markdown or JSON."""
+    if fmt == "json":
+        return json.dumps(summaries if len(summaries) > 1 else summaries[0], indent=2)
+    names = list(METRICS)
+    if len(summaries) == 1:
+        summary = summaries[0]
+        title = f"{summary['model']}" + (f" step {summary['step']}" if summary["step"] is not None else "")
+        rows = [[METRICS[n][0], format_value(n, summary[n])] for n in names]
+        return _render(["metric", title], rows, fmt)
+    if not metrics:
+        metrics = ["top1_judge" if any(s["n_judged"] for s in summaries) else "top1_rule"]
+    parts = []
+    for metric in metrics:
+        header, rows = step_table(summaries, metric)
+        parts.append(f"{METRICS[metric][0]}\n\n" + _render(header, rows, fmt))
+    columns = [f"{s['model']} " + ("base" if s["step"] is None else f"step {s['step']}") for s in summaries]
+    detail_rows = [[METRICS[n][0], *(format_value(n, s[n]) for s in summaries)]
+                   for n in names if any(s[n] is not None for s in summaries)]
+    parts.append("all figures\n\n" + _render(["metric", *columns], detail_rows, fmt))
+    return "\n\n".join(parts)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", nargs="+", required=True, help="evaluated or judged JSON Lines files")
+    parser.add_argument("--format", default="table", choices=("table", "json", "markdown"), help="output format")
+    parser.add_argument("--metric", action="append", choices=list(METRICS), help=(
+        "metric of the model x step table (repeatable); default: top1_judge if any line is judged, else top1_rule"))
+
+
+def run(args) -> int:
+    if not args.input:
+        raise ConfigError("input", "give at least one file")
+    print(render(summarize_files(args.input), args.format, args.metric))
+    return 0
