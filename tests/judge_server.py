@@ -145,6 +145,7 @@ class JudgeServer:
 def _make_handler(server: JudgeServer):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as real endpoints do
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
 
         def log_message(self, format, *args):  # quiet: tests read the request log instead
             pass
