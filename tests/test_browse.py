@@ -1,0 +1,208 @@
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from werkzeug.test import Client
+
+from diagnosis_zero import cli
+from diagnosis_zero.browse import (
+    FILTERS,
+    case_text,
+    highlight_completion,
+    judge_score,
+    load_checkpoints,
+    load_hierarchy,
+    make_app,
+)
+
+ROOT = Path(__file__).parent.parent
+RESULTS = Path(__file__).parent / "fixtures" / "runs" / "results" / "qwen2.5-7b-instruct"
+HIERARCHY = Path("/work/shared/data/orphanet_hypernym.json")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def hierarchy_file(tmp_path_factory):
+    """A small hierarchy file in the orphanet_hypernym.json format (the shared copy when present)."""
+    if HIERARCHY.is_file():
+        return HIERARCHY
+    path = tmp_path_factory.mktemp("hier") / "orphanet_hypernym.json"
+    path.write_text('[{"Orphanetid": "905", "name": "Wilson disease", "type": "Disease", "parents": ['
+                    '{"parent": "Disorder of copper metabolism", "parent_child_count": 6, "parent_disease_count": 6},'
+                    '{"parent": "Neurometabolic disease", "parent_child_count": 200, "parent_disease_count": 277}]}]')
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(hierarchy_file):
+    checkpoints, warnings = load_checkpoints(RESULTS)
+    return Client(make_app(checkpoints, hierarchy=load_hierarchy(hierarchy_file), warnings=warnings))
+
+
+def test_highlight_marks_tags_blocks_and_other_language():
+    page = highlight_completion("<think>\nsee <b>x</b>\n</think>\n<answer> Wilson disease </answer>\n最終診断は上記の通りです。")
+    assert '<span class="tag tag-think">&lt;think&gt;</span>' in page
+    assert '<span class="think">\nsee &lt;b&gt;x&lt;/b&gt;\n</span>' in page  # model text is escaped
+    assert '<span class="answer"> Wilson disease </span>' in page
+    assert '<span class="outside">\n<mark class="lang" title="other language">最終診断は上記の通りです。</mark></span>' in page
+    # Greek letters in disease names are not another language
+    assert "<mark" not in highlight_completion("<answer> α-thalassemia </answer>")
+    assert '<mark class="lang" title="other language">诊断结果如上所述。</mark>' in highlight_completion("诊断结果如上所述。")
+
+
+def test_load_checkpoints_lays_judge_over_evaluated(tmp_path):
+    shutil.copy(RESULTS / "step-0.jsonl", tmp_path / "step-0.jsonl")
+    judged = (RESULTS / "step-0.judged.jsonl").read_text().splitlines()
+    # the judge is still running: 3 of 8 judged, plus a torn last line
+    (tmp_path / "step-0.judged.jsonl").write_text("\n".join(judged[:3]) + '\n{"id": "case-4", "jud\n')
+    shutil.copy(RESULTS / "step-40.jsonl", tmp_path / "step-40.jsonl")
+    checkpoints, warnings = load_checkpoints(tmp_path)
+    assert list(checkpoints) == ["step-0", "step-40"]
+    records = checkpoints["step-0"]
+    assert [r["id"] for r in records] == [f"case-{i}" for i in range(1, 9)]
+    assert [judge_score(r) for r in records[:4]] == [0, 1, 2, None]
+    assert "judge" not in records[3]
+    assert any("step-0.judged.jsonl:4: not valid JSON" in w for w in warnings)
+    assert "step-40: no judged file; judge verdicts not available" in warnings
+
+
+def test_filters_match_hand_counted_outcomes():
+    records = load_checkpoints(RESULTS)[0]["step-0"]
+    chosen = {name: [r["id"][5:] for r in records if pred(r)] for name, (_, pred) in FILTERS.items()}
+    # see OUTCOMES in tests/fixtures/runs/make_fixtures.py, 7B step 0
+    assert chosen["correct"] == ["3", "4", "6", "7"]  # judge score 2
+    assert chosen["wrong"] == ["1", "2", "5", "8"]
+    assert chosen["format_failure"] == ["5"]
+    assert chosen["dropped_think"] == ["5", "7"]
+    assert chosen["mixed_language"] == ["3", "8"]
+    assert chosen["rule_wrong_judge_right"] == ["6"]  # NF1
+    assert chosen["rule_right_judge_wrong"] == ["1"]  # Gaucher type 2 vs type 1
+    assert len(chosen["all"]) == 8
+
+
+def test_case_text_is_taken_from_the_user_message():
+    record = load_checkpoints(RESULTS)[0]["step-0"][0]
+    assert case_text(record).startswith("A 24-year-old woman presented with fatigue")
+    assert case_text(record).endswith("tissue-paper appearance")
+    assert case_text({"prompt": [{"role": "user", "content": "free text"}]}) == "free text"
+
+
+def test_list_page_filters_and_counts(client):
+    page = client.get("/?ckpt=step-20&filter=rule_wrong_judge_right").get_data(as_text=True)
+    assert 'data-filter="mixed_language" href="/?ckpt=step-20&amp;filter=mixed_language">mixed language (2)' in page
+    assert ">case-6</a>" in page and ">case-1</a>" not in page
+    assert "judge top-1 87.5% (8 judged)" in page
+    assert client.get("/?ckpt=step-99").status_code == 404
+    searched = client.get("/?ckpt=step-0&q=ceruloplasmin").get_data(as_text=True)
+    assert ">case-3</a>" in searched and ">case-1</a>" not in searched
+
+
+def test_case_page_shows_everything(client):
+    page = client.get("/case?id=case-3&ckpt=step-0").get_data(as_text=True)
+    assert "Slit-lamp examination showed brown rings" in page
+    assert '<span class="answer"> Wilson disease </span>' in page
+    assert '<mark class="lang" title="other language">最終診断は上記の通りです。</mark>' in page
+    assert "ORPHA:905" in page and "Disorder of copper metabolism" in page and "counts as score 1" in page
+    assert '<span class="badge ok">score 2</span> exact match or synonym' in page
+    assert "Score: 2. Exact match." in page
+    assert "rule score</dt><dd class='rule-score'>1.0 (match)" in page
+    assert client.get("/case?id=nope&ckpt=step-0").status_code == 404
+
+
+def test_compare_page_puts_two_checkpoints_side_by_side(client):
+    page = client.get("/compare?id=case-1&a=step-0&b=step-20").get_data(as_text=True)
+    left, right = page.split('data-checkpoint="step-0"')[1].split('data-checkpoint="step-20"')
+    assert "Gaucher disease type 2" in left and "score 0" in left
+    assert '<span class="answer"> Gaucher disease </span>' in right and "score 2" in right
+
+
+def test_diagnose_needs_a_model(client):
+    assert client.get("/diagnose").status_code == 404
+    assert client.post("/api/diagnose", data={"case": "x"}).status_code == 400
+
+
+def test_bad_results_path_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["browse", "--results", str(tmp_path / "missing")]) == 2
+    assert "results path not found" in capsys.readouterr().err
+    assert cli.main(["browse", "--results", str(tmp_path)]) == 2
+    assert "no results files" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(hierarchy_file):
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "diagnosis_zero", "browse", "--results", str(RESULTS),
+                             "--hierarchy", str(hierarchy_file), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url, timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise AssertionError(proc.stdout.read()) from None
+                time.sleep(0.1)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_browser_filters_mixed_language_and_opens_a_case(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, proc = server
+    # bound to the loopback interface only
+    assert any(c.laddr.ip == "127.0.0.1" for c in _listening(proc.pid))
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(15_000)
+        external = []
+        page.on("request", lambda r: external.append(r.url) if not r.url.startswith(url) else None)
+        page.goto(url)
+        expect(page.locator("#cases tbody tr")).to_have_count(8)
+        page.locator("#filters a[data-filter=mixed_language]").click()
+        expect(page.locator("#filters a.active")).to_have_text("mixed language (1)")  # step 40: case-8 only
+        page.select_option("select[name=ckpt]", "step-0")
+        expect(page.locator("#cases tbody tr")).to_have_count(2)
+        expect(page.locator("#cases tbody tr").first).to_contain_text("mixed language")
+        page.locator("#cases a.open", has_text="case-3").click()
+        answer = page.locator(".output pre.completion .answer")
+        expect(answer).to_have_text(" Wilson disease ")
+        expect(answer).to_have_css("background-color", "rgb(255, 243, 163)")
+        expect(page.locator(".output .tag-answer").first).to_be_visible()
+        expect(page.locator(".output mark.lang")).to_have_text("最終診断は上記の通りです。")
+        expect(page.locator("#judge-verdict .verdict")).to_contain_text("score 2 exact match or synonym")
+        expect(page.locator("#judge-verdict pre.raw")).to_have_text("Score: 2. Exact match.")
+        page.screenshot(path=str(artifacts / "browse.png"), full_page=True)
+        page.locator("#compare-form button").click()
+        expect(page.locator("#compare .side")).to_have_count(2)
+        page.screenshot(path=str(artifacts / "browse-compare.png"), full_page=True)
+        browser.close()
+    assert external == []
+    assert (artifacts / "browse.png").stat().st_size > 10_000
+
+
+def _listening(pid: int):
+    import psutil
+
+    return [c for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
