@@ -204,19 +204,20 @@ def _result_files(path: Path, problems: Problems) -> dict[int, dict[bool, Path]]
 
 
 def _read_results(file: Path, problems: Problems) -> list[dict] | None:
+    """Read one results file via metrics.load_results; a corrupt file is listed and skipped."""
     from diagnosis_zero.metrics import load_results
 
     errors: list[InputFileError] = []
     for _ in iter_jsonl(file, skip_invalid=True, errors=errors):
         pass
-    if errors:
-        problems.corrupt += [f"{e} (file skipped)" for e in errors]
-        return None
     try:
-        return load_results([file])
+        records = load_results([file])
     except DiagnosisZeroError as exc:
         problems.corrupt.append(f"{exc} (file skipped)")
         return None
+    # load_results tolerates only a torn last line: the file is still being written.
+    problems.in_progress += [f"{e} (partial last line skipped; still being written?)" for e in errors]
+    return records
 
 
 def load_result_steps(paths, problems: Problems, labels: dict[str, str]) -> dict[str, dict[int, ResultStep]]:
@@ -250,9 +251,12 @@ def load_result_steps(paths, problems: Problems, labels: dict[str, str]) -> dict
             if step < 0:
                 step = int(records[0].get("step") or 0)
             size = size or model_size(str(records[0].get("model") or ""))
+            summary = summarize(records)
+            if summary.get("judge_errors"):
+                problems.missing.append(f"{files[True]}: {summary['judge_errors']} judge errors "
+                                        "(left out of the judge's figures)")
             steps[step] = ResultStep(label="", step=step, path=files[judged is not None],
-                                     judged=judged is not None, summary=summarize(records),
-                                     num_cases=len(records))
+                                     judged=judged is not None, summary=summary, num_cases=len(records))
         if steps:
             name = path.name if path.is_dir() else path.parent.name
             label = label or (size[0] if size else name)
@@ -378,9 +382,12 @@ def tables_from_results(results: dict[str, dict[int, ResultStep]], wanted: list[
                   ["text", *["pct"] * len(cols)])
     inside = Table("accuracy_by_mixed_language", "Accuracy inside vs outside mixed-language cases",
                    ["model", "step", "cases", "mixed-language cases", "accuracy (mixed)", "accuracy (not mixed)",
-                    "accuracy (all)"], ["text", "int", "int", "int", "pct", "pct", "pct"])
+                    "accuracy (all)"], ["text", "int", "int", "int", "pct", "pct", "pct"],
+                   note="Top-1 by the judge (score 2) for judged steps, else by the rule. The original study saw "
+                        "about 29% in mixed-language cases against 14% overall.")
     failures = Table("format_and_think", "Format-failure and dropped-think rates",
-                     ["model", "step", "format failure", "dropped think"], ["text", "int", "pct", "pct"])
+                     ["model", "step", "format failure", "dropped think"], ["text", "int", "pct", "pct"],
+                     note="Format failure: no valid answer block. Dropped think: no think block.")
     for label, steps in results.items():
         top1_row, mixed_row, sources = [], [], set()
         for s in cols:
@@ -399,8 +406,10 @@ def tables_from_results(results: dict[str, dict[int, ResultStep]], wanted: list[
             if result is None:
                 continue
             summary = result.summary
-            inside.rows.append([label, s, result.num_cases, summary.get("num_mixed"), summary.get("acc_mixed"),
-                                summary.get("acc_not_mixed"), _top1(result)])
+            prefix = "judge_" if result.judged else ""
+            num_mixed = round((summary.get("mixed_language_rate") or 0.0) * result.num_cases)
+            inside.rows.append([label, s, result.num_cases, num_mixed, summary.get(f"{prefix}acc_mixed"),
+                                summary.get(f"{prefix}acc_not_mixed"), _top1(result)])
             failures.rows.append([label, s, _complement(summary.get("format_rate")),
                                   _complement(summary.get("think_rate"))])
     return [top1, mixed, inside, failures]
@@ -517,6 +526,15 @@ def _save_figure(fig, path: Path) -> bytes:
     return png
 
 
+def _problem_banner(problems: Problems) -> str:
+    counts = [(len(problems.missing), "missing"), (len(problems.in_progress), "in progress"),
+              (len(problems.corrupt), "corrupt")]
+    if not any(n for n, _ in counts):
+        return ""
+    text = ", ".join(f"{n} {kind}" for n, kind in counts if n)
+    return f"<p class='flag'>Incomplete data: {text}. <a href='#missing'>See the list</a>.</p>"
+
+
 def render_html(runs: list[Run], results_used: bool, tables: list[Table], pngs: dict[str, bytes],
                 flags: dict[str, list], problems: Problems) -> str:
     esc = html.escape
@@ -526,6 +544,7 @@ def render_html(runs: list[Run], results_used: bool, tables: list[Table], pngs: 
              "<h1>Diagnosis-Zero report</h1>",
              f"<p class='note'>Generated {esc(time.strftime('%Y-%m-%d %H:%M'))}. Tables from "
              f"{'per-case results files' if results_used else 'metrics.jsonl validation series'}.</p>",
+             _problem_banner(problems),
              "<h2>Runs</h2><table><thead><tr><th>model</th><th>run dir</th><th>logged steps</th>"
              "<th>last step</th><th>status</th></tr></thead><tbody>"]
     for r in runs:
@@ -551,7 +570,7 @@ def render_html(runs: list[Run], results_used: bool, tables: list[Table], pngs: 
             parts.append(f"<img alt='{esc(FIGURES[name][0])}' src='data:image/png;base64,{data}'>")
     parts.append("<h2>Tables</h2>")
     parts += [table_html(t) for t in tables]
-    parts.append("<h2>Missing, in progress and corrupt</h2>")
+    parts.append("<h2 id='missing'>Missing, in progress and corrupt</h2>")
     items = ([("missing", p) for p in problems.missing] + [("in progress", p) for p in problems.in_progress]
              + [("corrupt", p) for p in problems.corrupt])
     if items:
@@ -571,7 +590,9 @@ def render_markdown(runs: list[Run], tables: list[Table], flags: dict[str, list]
               f"{'finished' if r.finished else 'in progress or stopped'} |" for r in runs]
     lines += ["", "## Training health", ""]
     for label, run_flags in flags.items():
-        lines += [f"- **{label}**: {f}" for f in run_flags] or [f"- **{label}**: no health flags"]
+        # "<think>" in a message would be read as an HTML tag by Markdown renderers
+        lines += ([f"- **{label}**: {str(f).replace('<', '&lt;')}" for f in run_flags]
+                  or [f"- **{label}**: no health flags"])
     lines += ["", "## Plots", ""] + [f"![{FIGURES[n][0]}](plots/{n}.png)" for n in plot_names]
     lines += ["", "## Tables", ""] + [table_markdown(t) for t in tables]
     lines += ["## Missing, in progress and corrupt", ""]
