@@ -1,9 +1,12 @@
+import contextlib
+import http.client
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -141,16 +144,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def server(hierarchy_file):
+@contextlib.contextmanager
+def running_browse(*extra: str):
+    """Run `diagnosis-zero browse` on a free 127.0.0.1 port; yield (url, process)."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "diagnosis_zero", "browse", "--results", str(RESULTS),
-                             "--hierarchy", str(hierarchy_file), "--port", str(port)],
+                             "--port", str(port), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
-        for _ in range(200):
+        for _ in range(600):
             try:
                 urllib.request.urlopen(url, timeout=1).read()
                 break
@@ -162,6 +166,12 @@ def server(hierarchy_file):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture
+def server(hierarchy_file):
+    with running_browse("--hierarchy", str(hierarchy_file)) as started:
+        yield started
 
 
 def test_browser_filters_mixed_language_and_opens_a_case(server):
@@ -206,3 +216,59 @@ def _listening(pid: int):
     import psutil
 
     return [c for c in psutil.Process(pid).net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from diagnosis_zero.models import save_tiny_qwen2
+
+    return save_tiny_qwen2(tmp_path_factory.mktemp("tiny") / "model")
+
+
+CASE = "A 17-year-old boy developed tremor, dysarthria and jaundice; serum ceruloplasmin was low"
+
+
+def test_pasted_case_streams_the_models_greedy_output(tiny_model):
+    import torch
+
+    from diagnosis_zero.data import build_prompt
+    from diagnosis_zero.models import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_model))
+    prompt = tokenizer.apply_chat_template(build_prompt(CASE), tokenize=False, add_generation_prompt=True)
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        tokens = model.generate(**inputs, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    expected = tokenizer.decode(tokens[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    with running_browse("--model", str(tiny_model), "--max-new-tokens", "24") as (url, _):
+        host, port = url.split("//")[1].strip("/").split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        conn.request("POST", "/api/diagnose", body=urllib.parse.urlencode({"case": CASE}),
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Length") is None  # streamed, not buffered
+        chunks = []
+        while chunk := resp.read1(65536):
+            chunks.append(chunk.decode())
+        assert len(chunks) > 1
+        assert "".join(chunks) == expected
+
+        completion = "<think>copper</think><answer> Wilson disease </answer>"
+        body = urllib.parse.urlencode({"completion": completion, "reference": "Wilson disease"}).encode()
+        rendered = urllib.request.urlopen(url + "api/render", data=body, timeout=30).read().decode()
+        assert '<span class="answer"> Wilson disease </span>' in rendered
+        assert "rule score</dt><dd class='rule-score'>1.0 (match)" in rendered
+
+        from playwright.sync_api import expect, sync_playwright
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(url + "diagnose")
+            page.fill("#case", CASE)
+            page.click("#run")
+            expect(page.locator("#rendered .output")).to_be_visible()
+            assert page.locator("#stream").text_content() == expected
+            browser.close()

@@ -29,11 +29,14 @@ logger = logging.getLogger(__name__)
 
 _STEP_FILE = re.compile(r"^(step-(\d+)|.+?)(\.judged)?\.jsonl$")
 _TAG = re.compile(r"(</?(?:think|answer)>)", re.IGNORECASE)
-# Scripts other than Latin (and Greek, common in medical names): CJK punctuation, kana, CJK
-# ideographs, full-width forms, Hangul, Cyrillic, Hebrew, Arabic, Devanagari, Thai.
-_OTHER = ("\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
-          "\uac00-\ud7af\u1100-\u11ff\u0400-\u04ff\u0590-\u05ff\u0600-\u06ff\u0900-\u097f\u0e00-\u0e7f")
-_OTHER_LANGUAGE = re.compile(f"[{_OTHER}]+(?:[\\s\\d]*[{_OTHER}]+)*")
+# Other scripts, as `reward.is_mixed_language` counts them (Cyrillic, Armenian, Hebrew, Arabic, Indic,
+# Thai, Georgian, Hangul, CJK punctuation, kana, bopomofo, ideographs, full-width forms), and Greek
+# words of three letters or more (single Greek letters are medical symbols: β-thalassemia).
+_OTHER = ("\u0400-\u052f\u0530-\u058f\u0590-\u05ff\u0600-\u06ff\u0750-\u077f\u0900-\u09ff\u0e00-\u0e7f"
+          "\u10a0-\u10ff\u1100-\u11ff\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3400-\u4dbf"
+          "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff01-\uff60")
+_OTHER_LANGUAGE = re.compile(f"(?:[{_OTHER}]|[\u0370-\u03ff\u1f00-\u1fff]{{3,}})+"
+                             f"(?:[\\s\\d]*(?:[{_OTHER}]|[\u0370-\u03ff\u1f00-\u1fff]{{3,}})+)*")
 _CASE_MARKER = "The case report is:"
 JUDGE_MEANING = {2: "exact match or synonym", 1: "broader category that includes the reference", 0: "wrong"}
 MAX_PASTED_CHARS = 20_000
@@ -436,17 +439,17 @@ def render_diagnosis(completion: str, reference: str) -> str:
     """HTML for a finished pasted-case diagnosis: highlighted output plus the rule's reading of it."""
     from diagnosis_zero import reward
 
-    parsed = reward.parse_completion(completion)
-    record = {"completion": completion, "prediction": parsed.get("prediction") if isinstance(parsed, dict)
-              else getattr(parsed, "prediction", None),
-              "format": parsed.get("format") if isinstance(parsed, dict) else getattr(parsed, "format", None),
-              "think_present": parsed.get("think_present") if isinstance(parsed, dict)
-              else getattr(parsed, "think_present", None),
-              "mixed_language": reward.is_mixed_language(completion), "score": None, "acc": None}
     if reference.strip():
-        result = reward.compute_score(completion, {"diagnosis": [reference.strip()], "orpha_id": ""})
-        record["score"] = result["score"] if isinstance(result, dict) else result
-        record["acc"] = bool(result.get("acc")) if isinstance(result, dict) else result >= 1.0
+        result = reward.compute_score(solution_str=completion,
+                                      ground_truth={"diagnosis": [reference.strip()], "orpha_id": ""})
+        record = {"completion": completion, "prediction": result["pred"], "score": result["score"],
+                  "acc": result["acc"], "format": result["format"], "think_present": result["think_present"],
+                  "mixed_language": result["mixed_language"]}
+    else:
+        parsed = reward.parse_completion(completion)
+        record = {"completion": completion, "prediction": parsed.answer or "", "score": "– (no reference)",
+                  "acc": None, "format": parsed.format_ok, "think_present": parsed.think_present,
+                  "mixed_language": reward.is_mixed_language(completion)}
     return _output_card(record, "Result")
 
 
@@ -522,7 +525,8 @@ def make_app(checkpoints: dict[str, list[dict]], *, hierarchy=None, generator: G
         text = request.form.get("case", "").strip()
         if generator is None or not text or len(text) > MAX_PASTED_CHARS:
             return Response("no model loaded, or the case is empty or too long\n", status=400)
-        return Response(generator.stream(text), mimetype="text/plain", direct_passthrough=True,
+        chunks = (piece.encode("utf-8") for piece in generator.stream(text))
+        return Response(chunks, mimetype="text/plain", direct_passthrough=True,
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def api_render(request):
