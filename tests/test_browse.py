@@ -272,3 +272,12 @@ def test_pasted_case_streams_the_models_greedy_output(tiny_model):
             expect(page.locator("#rendered .output")).to_be_visible()
             assert page.locator("#stream").text_content() == expected
             browser.close()
+
+
+def test_latin_script_mixed_language_is_explained():
+    from diagnosis_zero.browse import _output_card
+
+    card = _output_card({"completion": "<answer> Wilson disease </answer> El diagnóstico es claro.",
+                         "mixed_language": True}, "x")
+    assert "in Latin script" in card and "<mark" not in card
+    assert "in Latin script" not in _output_card({"completion": "<answer>x</answer> 诊断", "mixed_language": True}, "x")

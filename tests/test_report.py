@@ -233,3 +233,13 @@ def test_same_size_runs_get_distinct_labels(tmp_path):
     md = (build_report(runs, [], tmp_path / "out") / "report.md").read_text()
     for label in ("7B (a/qwen-7b)", "7B (b/qwen-7b)", "7B (qwen-7b-seed2)"):
         assert f"| {label} | {tmp_path}" in md
+
+
+def test_label_from_the_saved_model_config(tmp_path):
+    run_dir = tmp_path / "grpo-run"
+    shutil.copytree(RUN_7B, run_dir)
+    (run_dir / "adapter_config.json").write_text('{"base_model_name_or_path": "models/Qwen2.5-3B-Instruct"}')
+    run_ = load_run(run_dir, Problems())
+    assert run_.label == "3B"
+    (run_dir / "adapter_config.json").write_text("not json")
+    assert load_run(run_dir, Problems()).label == "grpo-run"

@@ -346,8 +346,13 @@ def _verdict(record: dict) -> str:
 
 
 def _output_card(record: dict, heading: str) -> str:
+    completion = highlight_completion(record.get("completion") or "")
+    note = ""
+    if record.get("mixed_language") and "<mark" not in completion:
+        note = ('<p class="warning">Flagged as mixed language, but in Latin script (e.g. a sentence in '
+                "Spanish or French), so nothing is highlighted.</p>")
     return (f'<div class="card output"><h2>{html.escape(heading)}</h2><p>{_badges(record)}</p>'
-            f'<pre class="completion">{highlight_completion(record.get("completion") or "")}</pre>'
+            f'<pre class="completion">{completion}</pre>{note}'
             f"<dl><dt>prediction</dt><dd class='prediction'>{html.escape(_prediction(record))}</dd>"
             f"<dt>rule score</dt><dd class='rule-score'>{html.escape(str(record.get('score')))} "
             f"({'match' if record.get('acc') else 'no match'})</dd>"

@@ -149,11 +149,21 @@ def model_size(name: str) -> tuple[str, float] | None:
     return None
 
 
+def _saved_model_name(path: Path) -> str:
+    """The base model's name from a finished run's saved config (full model or LoRA adapter), or ""."""
+    for name, key in (("adapter_config.json", "base_model_name_or_path"), ("config.json", "_name_or_path")):
+        try:
+            return str(json.loads((path / name).read_text(encoding="utf-8")).get(key) or "")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return ""
+
+
 def load_run(path: str | Path, problems: Problems, label: str | None = None) -> Run | None:
     """Read one training output dir; corrupt lines are recorded in `problems` and skipped."""
     path = Path(path)
     metrics_path = path / "metrics.jsonl"
-    size = model_size(path.name) or model_size(path.parent.name)
+    size = model_size(path.name) or model_size(path.parent.name) or model_size(_saved_model_name(path))
     run_ = Run(path=path, label=label or (size[0] if size else path.name), size=size[1] if size else math.inf)
     if not metrics_path.is_file():
         problems.missing.append(f"{metrics_path}: no metrics.jsonl (run not started, or not a run dir)")
