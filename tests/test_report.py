@@ -243,3 +243,20 @@ def test_label_from_the_saved_model_config(tmp_path):
     assert run_.label == "3B"
     (run_dir / "adapter_config.json").write_text("not json")
     assert load_run(run_dir, Problems()).label == "grpo-run"
+
+
+def test_empty_run_and_corrupt_judge_file(tmp_path):
+    (tmp_path / "new-run").mkdir()
+    (tmp_path / "new-run" / "metrics.jsonl").write_text("")
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(RESULTS_7B / "step-0.jsonl", results)
+    judged = (RESULTS_7B / "step-0.judged.jsonl").read_text().splitlines()
+    (results / "step-0.judged.jsonl").write_text("\n".join([*judged[:3], "garbage", *judged[3:]]) + "\n")
+    out = build_report([tmp_path / "new-run"], [results], tmp_path / "out")
+    md = (out / "report.md").read_text()
+    assert "new-run: in progress or stopped (no steps logged yet" in md
+    assert "step-0.judged.jsonl:4: not valid JSON" in md and "(file skipped)" in md
+    top1 = read_csv(out / "tables" / "top1_accuracy.csv")
+    assert (top1[0]["step 0 (%)"], top1[0]["source"]) == ("50.0", "rule")  # rule: cases 1, 3, 4, 7
+    assert (out / "plots" / "val_score.png").is_file()

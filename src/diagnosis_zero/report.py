@@ -181,9 +181,10 @@ def load_run(path: str | Path, problems: Problems, label: str | None = None) -> 
     run_.finished = any((path / marker).exists() for marker in FINISHED_MARKERS)
     if not run_.finished:
         age = time.time() - metrics_path.stat().st_mtime
+        logged = "no steps logged yet" if run_.last_step is None else f"last logged step {run_.last_step}"
         problems.in_progress.append(
-            f"{path}: in progress or stopped (last logged step {run_.last_step}, "
-            f"metrics.jsonl updated {age / 60:.0f} min ago; no final model saved)")
+            f"{path}: in progress or stopped ({logged}, metrics.jsonl updated {age / 60:.0f} min ago; "
+            "no final model saved)")
     return run_
 
 
@@ -251,7 +252,7 @@ def load_result_steps(paths, problems: Problems, labels: dict[str, str]) -> dict
                     f"{files[True]}: judge incomplete ({len(judged)} of {len(evaluated)} records); "
                     "using rule scores for this step")
                 judged = None
-            elif judged is None and evaluated is not None:
+            elif True not in files and evaluated is not None:
                 problems.missing.append(
                     f"{files[False].with_name(files[False].name[:-6] + '.judged.jsonl')}: no judge file; "
                     "top-1 for this step is the rule score")
