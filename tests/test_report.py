@@ -260,3 +260,16 @@ def test_empty_run_and_corrupt_judge_file(tmp_path):
     top1 = read_csv(out / "tables" / "top1_accuracy.csv")
     assert (top1[0]["step 0 (%)"], top1[0]["source"]) == ("50.0", "rule")  # rule: cases 1, 3, 4, 7
     assert (out / "plots" / "val_score.png").is_file()
+
+
+def test_partial_judge_file_falls_back_to_rule_and_is_listed(tmp_path):
+    results = tmp_path / "qwen2.5-7b-instruct"
+    results.mkdir()
+    shutil.copy(RESULTS_7B / "step-20.jsonl", results)
+    judged = (RESULTS_7B / "step-20.judged.jsonl").read_text().splitlines()
+    (results / "step-20.judged.jsonl").write_text("\n".join(judged[:5]) + "\n")  # the judge is still running
+    out = build_report([], [results], tmp_path / "out")
+    md = (out / "report.md").read_text()
+    assert "step-20.judged.jsonl: judge incomplete (5 of 8 records); using rule scores" in md
+    top1 = read_csv(out / "tables" / "top1_accuracy.csv")
+    assert (top1[0]["model"], top1[0]["step 20 (%)"], top1[0]["source"]) == ("7B", "75.0", "rule")  # 6/8
