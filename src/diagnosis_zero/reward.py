@@ -208,16 +208,21 @@ def parse_completion(text: str) -> ParsedCompletion:
                 or n_answer_open > 1 or out_of_order or (n_answer_open and answer is None)
                 or (n_think_open and not has_think_block))
 
-    last_close = text.rfind(ANSWER_CLOSE)
-    trailing_text = text[last_close + len(ANSWER_CLOSE):].strip() if last_close >= 0 else ""
-    if answer is not None and has_think_block and think_end < answer_start:
-        extra_text = (not _is_blank(text, 0, think_start)
-                      or not _is_blank(text, think_end + len(THINK_CLOSE), answer_start))
-    elif answer is not None:
-        extra_text = not _is_blank(text, 0, answer_start)
-    else:
-        extra_text = False
-    extra_text = extra_text or bool(trailing_text)
+    # Text outside the blocks: before the first tag, between </think> and the <answer> after it,
+    # and after the last closing tag (unless an unclosed tag follows it: that is its content).
+    firsts = [p for p in (text.find(t) for t in (THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)) if p >= 0]
+    leading = bool(firsts) and not _is_blank(text, 0, min(firsts))
+    between = False
+    if has_think_block:
+        next_answer = text.find(ANSWER_OPEN, think_end)
+        if next_answer >= 0:
+            between = not _is_blank(text, text.rfind(THINK_CLOSE, 0, next_answer) + len(THINK_CLOSE), next_answer)
+    last_answer_close, last_think_close = text.rfind(ANSWER_CLOSE), text.rfind(THINK_CLOSE)
+    last_close = max(last_answer_close + len(ANSWER_CLOSE) if last_answer_close >= 0 else -1,
+                     last_think_close + len(THINK_CLOSE) if last_think_close >= 0 else -1)
+    last_open = max(text.rfind(ANSWER_OPEN), text.rfind(THINK_OPEN))
+    trailing_text = text[last_close:].strip() if last_close > last_open and last_close >= 0 else ""
+    extra_text = leading or between or bool(trailing_text)
 
     format_ok = (think_present and bool(answer) and not unclosed and not extra_text and not answer_in_think
                  and n_answer_blocks == 1)
@@ -781,6 +786,7 @@ _OTHER_SCRIPT = re.compile(
     "\u10a0-\u10ff\u1100-\u11ff\u3001-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3400-\u4dbf"
     "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff01-\uff60]")
 # Greek letters are medical symbols (β-thalassemia, κ light chains); a run of three is a Greek word.
+_GREEK_LETTER = re.compile("[\u0370-\u03ff\u1f00-\u1fff]")
 _GREEK_WORD = re.compile("[\u0370-\u03ff\u1f00-\u1fff]{3,}")
 _WORDS = re.compile(r"[^\W\d_]+")
 # Function words of Spanish, French, Italian, Portuguese, German and Dutch that English medical
@@ -800,25 +806,14 @@ or not no but may can also these there their than after before into patient pati
 """
 _FOREIGN_WORDS = frozenset(_FOREIGN_TEXT.split())
 _ENGLISH_WORDS = frozenset(_ENGLISH_TEXT.split())
-# The most frequent of them, searched with str.find (a regex over every word of a 1 MB text is too slow);
-# only the sentences around their occurrences are examined.
-_GATE_TEXT = """
-el y los las del que con por una es
-et les des est une dans pour
-und der ist nicht mit eine den
-il che della di sono
-não uma com em
-het een niet
-"""
-_GATE_WORDS = tuple(f" {w} " for w in _GATE_TEXT.split())
 _ACCENTED = re.compile("[\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f]")
-_SENTENCE_END = ".!?\n"
+_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
+_BLOCK = 2048  # characters screened at a time
+_MAX_BLOCKS = 24  # candidate blocks examined per text: bounded work, however long the text
 _LANGID_LANGUAGES = ["en", "la", "es", "fr", "de", "it", "pt", "nl", "ca", "ro", "sv", "da", "no", "pl", "cs",
                      "sk", "sl", "hr", "tr", "id", "ms", "vi", "tl", "fi", "hu", "et", "lv", "lt", "eu", "gl",
                      "af", "sw"]
 _NOT_FOREIGN = {"en", "la"}  # Latin phrases (situs inversus, in situ) are medical English
-_MAX_WINDOWS = 24  # sentences examined per text: bounded work, however long the text
-_WINDOW = 400  # characters either side of a hit that may belong to its sentence
 _langid: Any = None
 _langid_loaded = False
 _LANGID_LOCK = threading.Lock()
@@ -856,7 +851,8 @@ def is_mixed_language(text: str) -> bool:
     first = _OTHER_SCRIPT.search(text)
     if first is not None and (_OTHER_SCRIPT.search(text, first.end()) is not None or _is_word_char(text, first)):
         return True
-    if _GREEK_WORD.search(text):
+    greek = _GREEK_LETTER.search(text)
+    if greek is not None and _GREEK_WORD.search(text, greek.start()):
         return True
     return _has_foreign_latin_sentence(text)
 
@@ -868,59 +864,33 @@ def _is_word_char(text: str, match: re.Match) -> bool:
 
 
 def _has_foreign_latin_sentence(text: str) -> bool:
-    # padded with a space so that a first word ("El paciente ...") is found as " el "
-    text = " " + text.replace("\n", " \n")
+    # Blocks are screened with C-speed set operations; only blocks holding two foreign function
+    # words (or three accented letters) have their sentences examined.
     lowered = text.lower()
-    hits: list[int] = []  # where foreign function words and accented letters occur
-    per_word = 4  # enough occurrences of each word to reach the foreign sentences
-    for word in _GATE_WORDS:
-        position = lowered.find(word)
-        count = 0
-        while position >= 0 and count < per_word:
-            hits.append(position + 1)
-            count += 1
-            position = lowered.find(word, position + len(word) - 1)
-    accented = []
-    for match in _ACCENTED.finditer(text):
-        accented.append(match.start())
-        if len(accented) >= 4 * _MAX_WINDOWS:
-            break
-    if len(accented) >= 3:
-        hits += accented
-    if not hits:
-        return False
-    hits.sort()
-    examined_until = -1
-    windows = 0
-    for position in hits:
-        if position < examined_until:
-            continue
-        start, end = _sentence_bounds(lowered, position)
-        examined_until = end
-        windows += 1
-        if _is_foreign_sentence(text[start:end], lowered[start:end]):
-            return True
-        if windows >= _MAX_WINDOWS:
-            break
-    return False
+    candidates = []
+    for start in range(0, len(lowered), _BLOCK):
+        block = lowered[start:start + _BLOCK]
+        if sum(map(_FOREIGN_WORDS.__contains__, block.split())) >= 2 or _has_accents(block, 3):
+            candidates.append(block)
+    if len(candidates) > _MAX_BLOCKS:  # keep the start and the end, where other languages get appended
+        candidates = candidates[:_MAX_BLOCKS // 2] + candidates[-(_MAX_BLOCKS // 2):]
+    return any(_is_foreign_sentence(sentence) for block in candidates for sentence in _SENTENCES.split(block))
 
 
-def _sentence_bounds(text: str, position: int) -> tuple[int, int]:
-    lo, hi = max(0, position - _WINDOW), min(len(text), position + _WINDOW)
-    start = max(text.rfind(c, lo, position) for c in _SENTENCE_END) + 1
-    start = max(start, lo)
-    ends = [e for e in (text.find(c, position, hi) for c in _SENTENCE_END) if e >= 0]
-    return start, (min(ends) + 1 if ends else hi)
+def _has_accents(text: str, at_least: int) -> bool:
+    matches = _ACCENTED.finditer(text)
+    return all(next(matches, None) is not None for _ in range(at_least))
 
 
-def _is_foreign_sentence(sentence: str, lowered: str) -> bool:
-    words = _WORDS.findall(lowered)
+def _is_foreign_sentence(sentence: str) -> bool:
+    """True when a (lower-cased) sentence is in another Latin-script language than English or Latin."""
+    words = _WORDS.findall(sentence)
     if len(words) < 4:
         return False
-    foreign = sum(w in _FOREIGN_WORDS for w in words)
-    english = sum(w in _ENGLISH_WORDS for w in words)
-    accented = len(_ACCENTED.findall(sentence))
-    if not ((foreign >= 2 and foreign > english) or (accented >= 3 and english <= 1 and len(words) >= 5)):
+    foreign = sum(map(_FOREIGN_WORDS.__contains__, words))
+    english = sum(map(_ENGLISH_WORDS.__contains__, words))
+    if not ((foreign >= 2 and foreign > english) or (english <= 1 and len(words) >= 5
+                                                      and _has_accents(sentence, 3))):
         return False
     identifier = _language_identifier()
     if identifier is None:
