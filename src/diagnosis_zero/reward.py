@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import itertools
 import json
 import logging
 import os
@@ -254,31 +255,33 @@ def parse_ranked_list(text: str) -> list[str]:
     """Return the items of a ranked list ("1. A" / "- A" lines, "A; B", "1. A 2. B"), in order.
 
     Header lines ending with ':' are skipped; numbering and bullets are removed. At most
-    `MAX_LIST_ITEMS` items are returned, so the cost stays linear in the text.
+    `MAX_LIST_ITEMS` items are returned, and reading stops there, so the cost stays linear.
     """
-    text = _as_text(text)
-    lines = [line for line in (raw.strip() for raw in text.splitlines()) if line]
-    if len(lines) == 1:
-        line = lines[0]
-        numbers = list(_INLINE_NUMBER.finditer(line))
+    lines = (line.strip() for line in _as_text(text).splitlines())
+    first = next((line for line in lines if line), None)
+    if first is None:
+        return []
+    second = next((line for line in lines if line), None)
+    if second is None:  # one line: "1. A 2. B 3. C" or "A; B; C"
+        numbers = list(itertools.islice(_INLINE_NUMBER.finditer(first), MAX_LIST_ITEMS + 1))
         if len(numbers) >= 2:
-            cuts = [m.start() for m in numbers] + [len(line)]
-            lines = [line[cuts[i]:cuts[i + 1]] for i in range(len(numbers))]
-            head = line[:cuts[0]].strip()
-            if head and not head.endswith(":"):
-                lines.insert(0, head)
-        elif ";" in line:
-            lines = line.split(";")
+            cuts = [m.start() for m in numbers] + [len(first)]
+            head = first[:cuts[0]].strip()
+            candidates = ([head] if head else []) + [first[cuts[i]:cuts[i + 1]] for i in range(len(numbers))]
+        else:
+            candidates = first.split(";", MAX_LIST_ITEMS)
+    else:
+        candidates = itertools.chain((first, second), lines)
     items: list[str] = []
-    for line in lines:
-        if len(items) >= MAX_LIST_ITEMS:
-            break
+    for line in candidates:
         line = line.strip()
         if not line or (line.endswith(":") and not _LIST_MARKER.match(line)):
             continue
         item = _LIST_MARKER.sub("", line, count=1).strip().strip("*_`").strip()
         if item:
             items.append(item)
+            if len(items) >= MAX_LIST_ITEMS:
+                break
     return items
 
 
@@ -331,13 +334,14 @@ _LEADING_WRAPPER = re.compile(
     r"(?:most\s+)?likely|probably|probable|suspected|presumed|possible|consistent\s+with|"
     r"suggestive\s+of|compatible\s+with)\s*[:\-\u2013\u2014=]?\s*)+",
     re.IGNORECASE)
+# Applied to the last 80 characters only, after trailing punctuation is gone: bounded work.
 _TRAILING_WRAPPER = re.compile(
-    r"\s*(?:,?\s*(?:is\s+)?(?:the\s+)?(?:most\s+likely|likely|final|probable)\s+diagnosis|"
-    r"\s+is\s+the\s+diagnosis)?\s*[.!;:,]*\s*$", re.IGNORECASE)
+    r"(?:,?\s(?:is\s)?(?:the\s)?(?:most\slikely|likely|final|probable)\sdiagnosis|\sis\sthe\sdiagnosis)$",
+    re.IGNORECASE)
+_END_PUNCTUATION = " .!;:,"
 _NEGATION = re.compile(
-    r"^(?:not|no|without|unlikely|rule\s+out|ruled\s+out|r/o|excluded?|absence\s+of|"
-    r"negative\s+for|cannot\s+be|there\s+is\s+no)\b|"
-    r"\b(?:is\s+unlikely|ruled\s+out|excluded|is\s+not\s+likely|not\s+likely|is\s+not\s+supported)\s*[.!]*$",
+    r"^(?:not|no|without|unlikely|rule\sout|ruled\sout|r/o|excluded?|absence\sof|negative\sfor|cannot\sbe|"
+    r"there\sis\sno)\b|\b(?:is\sunlikely|ruled\sout|excluded|is\snot\slikely|not\slikely|is\snot\ssupported)$",
     re.IGNORECASE)
 _MULTI_SEPARATOR = re.compile(
     r";|\n|\b(?:or|versus|vs|differential)\b|[a-z0-9]{3} ?/ ?[a-z0-9]{3}", re.IGNORECASE)
@@ -413,8 +417,9 @@ def _strip_wrappers(text: str) -> str:
     """Return `text` without markdown, 'Diagnosis:'-style lead-ins and trailing punctuation."""
     text = _MARKDOWN.sub(" ", text.translate(_APOSTROPHES))
     text = _SPACES.sub(" ", text).strip()
-    text = _LEADING_WRAPPER.sub("", text, count=1)
-    return _TRAILING_WRAPPER.sub("", text, count=1).strip()
+    text = _LEADING_WRAPPER.sub("", text, count=1).rstrip(_END_PUNCTUATION)
+    head, tail = text[:-80], text[-80:]
+    return (head + _TRAILING_WRAPPER.sub("", tail, count=1)).rstrip(_END_PUNCTUATION)
 
 
 def _drop_acronym_parens(text: str) -> str:
@@ -566,14 +571,18 @@ def is_multiple_diagnoses(answer: str) -> bool:
 
 def is_negated(answer: str) -> bool:
     """True when an answer denies a diagnosis ("Not X", "X ruled out", "No evidence of X")."""
-    return bool(_NEGATION.search(_strip_wrappers(_as_text(answer))))
+    return _is_negated(_strip_wrappers(_as_text(answer)))
+
+
+def _is_negated(stripped: str) -> bool:
+    return bool(_NEGATION.match(stripped) or _NEGATION.search(stripped[-40:]))
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _answer_info(prediction: str) -> tuple[_Name, bool, str | None]:
     """Return (normalised name, names several or denies one, the answer when it is an acronym)."""
     stripped = _strip_wrappers(prediction)
-    excluded = is_multiple_diagnoses(prediction) or bool(_NEGATION.search(stripped))
+    excluded = is_multiple_diagnoses(prediction) or _is_negated(stripped)
     return _normalize(prediction), excluded, (stripped if _looks_like_acronym(stripped) else None)
 
 
@@ -779,12 +788,13 @@ def _read_hypernym_json(path: str) -> list[tuple[str, str]]:
 # 5. Language consistency
 # ---------------------------------------------------------------------------------------------
 
-# Scripts that never appear in English clinical text: Cyrillic, Armenian, Hebrew, Arabic, Devanagari,
-# Bengali, Thai, Georgian, Hangul, Kana, CJK ideographs and punctuation, fullwidth forms.
+# Letters of scripts that never appear in English clinical text: Cyrillic, Armenian, Hebrew, Arabic,
+# Devanagari, Bengali, Thai, Georgian, Hangul, kana, CJK ideographs. (Full-width punctuation such as
+# '，' alone is not a language.)
 _OTHER_SCRIPT = re.compile(
-    "[\u0400-\u052f\u0530-\u058f\u0590-\u05ff\u0600-\u06ff\u0750-\u077f\u0900-\u09ff\u0e00-\u0e7f"
-    "\u10a0-\u10ff\u1100-\u11ff\u3001-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3400-\u4dbf"
-    "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff01-\uff60]")
+    "[\u0400-\u052f\u0531-\u0587\u05d0-\u05ea\u0620-\u064a\u066e-\u06d3\u0750-\u077f\u0904-\u0939"
+    "\u0985-\u09b9\u0e01-\u0e30\u10a0-\u10ff\u1100-\u11ff\u3041-\u3096\u30a1-\u30fa\u3105-\u312f"
+    "\u3131-\u318e\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 # Greek letters are medical symbols (β-thalassemia, κ light chains); a run of three is a Greek word.
 _GREEK_LETTER = re.compile("[\u0370-\u03ff\u1f00-\u1fff]")
 _GREEK_WORD = re.compile("[\u0370-\u03ff\u1f00-\u1fff]{3,}")
@@ -848,19 +858,12 @@ def is_mixed_language(text: str) -> bool:
     with py3langid when it is installed.
     """
     text = _as_text(text)
-    first = _OTHER_SCRIPT.search(text)
-    if first is not None and (_OTHER_SCRIPT.search(text, first.end()) is not None or _is_word_char(text, first)):
+    if _OTHER_SCRIPT.search(text):
         return True
     greek = _GREEK_LETTER.search(text)
     if greek is not None and _GREEK_WORD.search(text, greek.start()):
         return True
     return _has_foreign_latin_sentence(text)
-
-
-def _is_word_char(text: str, match: re.Match) -> bool:
-    """A lone ideograph, kana or letter is a word; a lone CJK comma or fullwidth sign is not."""
-    char = match.group(0)
-    return unicodedata.category(char).startswith("L")
 
 
 def _has_foreign_latin_sentence(text: str) -> bool:

@@ -1,0 +1,122 @@
+"""Property tests: no input makes the reward raise, and scoring time grows linearly with the input."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from diagnosis_zero import reward
+from diagnosis_zero.reward import (
+    compute_score,
+    is_mixed_language,
+    match_diagnosis,
+    normalize_diagnosis,
+    parse_completion,
+    parse_ranked_list,
+    similarity,
+)
+
+SCORE_KEYS = {"score", "acc", "format", "pred", "think_present", "mixed_language", "rank"}
+TAGS = ["<think>", "</think>", "<answer>", "</answer>", "<answer", "answer>", "\n", " ", ";", " or ", "1. ",
+        "type II", "(DLBCL)", "Gaucher disease", "not ", "日本語", "é", "β", "el paciente y la ", "'s", "-", "..."]
+# Text built from the pieces that drive the parser and matcher, mixed with arbitrary Unicode.
+completions = st.lists(st.one_of(st.sampled_from(TAGS), st.text(max_size=20)), max_size=40).map("".join)
+ground_truths = st.one_of(
+    st.none(), st.text(max_size=40), st.lists(st.text(max_size=30), max_size=3),
+    st.fixed_dictionaries({"diagnosis": st.lists(st.one_of(st.text(max_size=30), st.none()), max_size=3),
+                           "orpha_id": st.one_of(st.none(), st.text(max_size=8), st.integers(), st.floats())}),
+    st.builds(lambda names: '{"diagnosis": ' + names + '}', st.text(max_size=20)),  # possibly broken JSON
+)
+FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FAST
+@given(completions, ground_truths, st.sampled_from([{}, {"preset": "original"}, {"topk": 5}, {"method": "seed"}]))
+def test_compute_score_never_raises_and_keeps_its_keys(completion, truth, kwargs):
+    result = compute_score(data_source="rare_arena", solution_str=completion, ground_truth=truth, **kwargs)
+    assert set(result) == SCORE_KEYS
+    assert isinstance(result["score"], float) and result["score"] == result["score"]
+    assert result["acc"] in (0, 1) and result["format"] in (0, 1)
+    assert result["score"] <= 1.0
+
+
+@FAST
+@given(completions, st.lists(completions, max_size=3), st.sampled_from(["clinical", "seed"]))
+def test_matchers_never_raise(prediction, references, method):
+    matched = match_diagnosis(prediction, references, method=method)
+    graded = similarity(prediction, references, method=method)
+    assert isinstance(matched, bool) and 0.0 <= graded <= 1.0
+    if method == "clinical":
+        assert matched == (graded >= 0.9)
+    normalize_diagnosis(prediction)
+    parse_ranked_list(prediction)
+    is_mixed_language(prediction)
+
+
+@FAST
+@given(completions)
+def test_a_name_always_matches_itself(name):
+    if normalize_diagnosis(name):
+        assert match_diagnosis(name, [name])
+
+
+@FAST
+@given(completions)
+def test_parse_is_consistent_with_extract(completion):
+    parsed = parse_completion(completion)
+    if parsed.format_ok:
+        assert parsed.answer and parsed.think_present and parsed.n_answer_blocks == 1
+    assert reward.extract_answer(completion) == (parsed.answer or "")
+
+
+def _best_time(function, text: str, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function(text)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+ADVERSARIAL = {
+    "unclosed answer tags": "<answer>",
+    "nested think and answer": "<think><answer>x</think>",
+    "long reasoning": "The patient presented with fever, rash and hepatosplenomegaly. ",
+    "foreign function words": "el y la de que et les der und ",
+    "accented letters": "é à ü ñ ",
+    "list separators": "1. a; b or c / d\n",
+    "punctuation runs": "....,,,;;;!!! ",
+    "acronyms and parens": "DLBCL (NF1) MEN2A ((( ",
+    "CJK": "日本語の診断",
+    "whitespace": " \t\n ",
+}
+
+
+@settings(max_examples=len(ADVERSARIAL) * 2, deadline=None, derandomize=True)
+@given(st.sampled_from(sorted(ADVERSARIAL)), st.sampled_from(["clinical", "original"]))
+def test_scoring_time_grows_linearly(pattern_name, preset):
+    """8x the input may cost at most 20x the time (a quadratic step would cost 64x)."""
+    unit = ADVERSARIAL[pattern_name]
+    small_n = max(1, 16_000 // len(unit))
+
+    def score(text):
+        compute_score(data_source="x", solution_str=text, ground_truth={"diagnosis": ["Gaucher disease"]},
+                      preset=preset)
+
+    small = unit * small_n
+    # the pattern also inside an answer block, where the matcher sees it
+    for wrap in (lambda t: t, lambda t: f"<think>r</think><answer>{t}</answer>"):
+        t_small = _best_time(score, wrap(small))
+        t_large = _best_time(score, wrap(unit * (8 * small_n)))
+        assert t_large < 20 * max(t_small, 1e-4), (pattern_name, preset, t_small, t_large)
+
+
+def test_pathological_inputs_are_scored():
+    """The issue's examples: 50,000 unclosed <answer> tags and a 1 MB completion (timed in the benchmark)."""
+    result = compute_score("x", "<answer>" * 50_000, {"diagnosis": ["Gaucher disease"]})
+    assert result["acc"] == 0 and result["pred"] == ""
+    big = "<think>" + "The patient has fever and rash. " * 32_000 + "</think><answer>Gaucher disease</answer>"
+    assert len(big) > 1_000_000
+    assert compute_score("x", big, {"diagnosis": ["Gaucher disease"]})["score"] == 1.0
