@@ -30,6 +30,7 @@ import os
 import re
 import threading
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -411,6 +412,7 @@ class _Name:
     qualifiers: frozenset[str]
     acronym_words: tuple[str, ...]  # tokens an acronym is built from (designators left out)
     acronym_designator: str  # digits/letters an acronym ends with ("2a" for MEN 2A)
+    letters: Counter  # character counts of `key`: a cheap upper bound on the difflib ratio
 
 
 def _strip_wrappers(text: str) -> str:
@@ -507,8 +509,9 @@ def _normalize(name: str) -> _Name:
     qualifiers = frozenset(t for t in tokens if t in _QUALIFIERS)
     acronym_words = tuple(t for t in tokens if not any(c.isdigit() for c in t))
     acronym_designator = "".join(t for t in tokens if any(c.isdigit() for c in t))
-    return _Name(key=" ".join(tokens), tokens=tokens, designators=designators, prefixes=prefixes,
-                 qualifiers=qualifiers, acronym_words=acronym_words, acronym_designator=acronym_designator)
+    key = " ".join(tokens)
+    return _Name(key=key, tokens=tokens, designators=designators, prefixes=prefixes, qualifiers=qualifiers,
+                 acronym_words=acronym_words, acronym_designator=acronym_designator, letters=Counter(key))
 
 
 def normalize_diagnosis(name: str) -> str:
@@ -578,24 +581,24 @@ def _is_negated(stripped: str) -> bool:
     return bool(_NEGATION.match(stripped) or _NEGATION.search(stripped[-40:]))
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _answer_info(prediction: str) -> tuple[_Name, bool, str | None]:
-    """Return (normalised name, names several or denies one, the answer when it is an acronym)."""
+@functools.lru_cache(maxsize=1 << 16)  # GRPO groups repeat answers
+def _answer_info(prediction: str) -> tuple[_Name, bool, bool, str | None]:
+    """Return (normalised name, names several, denies one, the answer when it is an acronym)."""
     stripped = _strip_wrappers(prediction)
-    excluded = is_multiple_diagnoses(prediction) or _is_negated(stripped)
-    return _normalize(prediction), excluded, (stripped if _looks_like_acronym(stripped) else None)
+    return (_normalize(prediction), is_multiple_diagnoses(prediction), _is_negated(stripped),
+            stripped if _looks_like_acronym(stripped) else None)
 
 
 def _clinical_match(prediction: str, references: Sequence[str], lexicon: Lexicon | None,
                     orpha_id: str | None, threshold: float) -> bool:
-    pred, excluded, acronym = _answer_info(prediction)
+    pred, multiple, negated, acronym = _answer_info(prediction)
     if not pred.key:
         return False
     refs = [_normalize(r) for r in references]
     # 1. same canonical name (this also accepts a reference that itself contains "or" or ";")
     if any(pred.key == ref.key for ref in refs):
         return True
-    if excluded:  # a list, "X or Y", or a negation never earns credit
+    if multiple or negated:  # a list, "X or Y", or a negation never earns credit
         return False
     # 2. "Marfan" for "Marfan syndrome": only a generic last word may be missing from the answer
     if pred.tokens[-1] not in _GENERIC_TAIL and any(
@@ -614,23 +617,23 @@ def _clinical_match(prediction: str, references: Sequence[str], lexicon: Lexicon
     if acronym is not None and any(_acronym_of(acronym, ref) for ref in refs):
         return True
     # 5. a spelling variant: same subtype, prefixes and qualifiers, not a broader name, close text
-    return any(_fuzzy_ratio(pred, ref) >= threshold for ref in refs)
+    return any(_fuzzy_ratio(pred, ref, threshold) >= threshold for ref in refs)
 
 
-def _fuzzy_ratio(pred: _Name, ref: _Name) -> float:
-    """Return the difflib ratio of two names that pass every guard, else 0.0."""
+def _fuzzy_ratio(pred: _Name, ref: _Name, threshold: float = 0.0) -> float:
+    """Return the difflib ratio of two names that pass every guard, else 0.0 (also when it must be
+    below `threshold`: difflib's ratio is at most the shared characters over the total)."""
     if pred.designators != ref.designators or pred.prefixes != ref.prefixes or pred.qualifiers != ref.qualifiers:
         return 0.0
     pred_words, ref_words = set(pred.tokens), set(ref.tokens)
     if pred_words < ref_words or ref_words < pred_words:  # broader (or narrower) than the reference
         return 0.0
-    la, lb = len(pred.key), len(ref.key)
-    if not la or not lb or 2 * min(la, lb) / (la + lb) < 0.5:
+    total = len(pred.key) + len(ref.key)
+    if not total or 2 * min(len(pred.key), len(ref.key)) / total < threshold:
         return 0.0
-    matcher = difflib.SequenceMatcher(None, pred.key, ref.key, autojunk=False)
-    if matcher.real_quick_ratio() < 0.5 or matcher.quick_ratio() < 0.5:
+    if 2 * sum((pred.letters & ref.letters).values()) / total < threshold:
         return 0.0
-    return matcher.ratio()
+    return difflib.SequenceMatcher(None, pred.key, ref.key, autojunk=False).ratio()
 
 
 def match_diagnosis(prediction: str, references: Sequence[str], method: str = "clinical",
@@ -1006,7 +1009,8 @@ def _score(config: RewardConfig, text: str, references: list[str], orpha_id: str
         level = config.correct_reward * config.rank_reward(rank) if rank else config.wrong_reward
         pred = "\n".join(items[:topk])
     else:
-        too_many = config.method == "clinical" and is_multiple_diagnoses(answer[:config.max_answer_chars])
+        too_many = strict and (
+            _answer_info(answer)[1] if len(answer) <= config.max_answer_chars else is_multiple_diagnoses(answer))
         if not withheld and _matches(config, answer, references, lexicon, orpha_id):
             rank = 1
         level = config.correct_reward if rank else config.wrong_reward
