@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -548,22 +549,68 @@ def test_compute_score_ignores_verls_own_kwargs():
 # verl: loaded by file path, called with keywords from a thread pool
 # ---------------------------------------------------------------------------------------------
 
-def test_reward_file_loads_standalone_by_path_as_verl_does(tmp_path):
-    """verl's load_extern_object: spec_from_file_location on the file, outside any package."""
-    copy = tmp_path / "standalone_reward.py"
-    copy.write_text(REWARD_FILE.read_text())  # no diagnosis_zero package next to it
-    spec = importlib.util.spec_from_file_location("custom_module", copy)
+def load_like_verl(path: Path):
+    """verl 0.9.1's load_extern_object: spec_from_file_location, exec_module, NOT put in sys.modules."""
+    spec = importlib.util.spec_from_file_location(f"custom_module_{hash(str(path))}", path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules["custom_module"] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop("custom_module", None)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reward_file_loads_by_path_as_verl_does(tmp_path):
+    copy = tmp_path / "standalone_reward.py"
+    copy.write_text(REWARD_FILE.read_text())
+    module = load_like_verl(copy)
+    assert "custom_module" not in " ".join(sys.modules)
     result = module.compute_score(data_source="rare_arena", solution_str=r1("Gaucher disease type 1"),
                                   ground_truth={"diagnosis": np.array(["Gaucher disease type 1"]), "orpha_id": "77259"},
-                                  extra_info={"split": "test", "index": 3})
+                                  extra_info={"split": "test", "index": 3}, preset="clinical")
     assert result == {"score": 1.0, "acc": 1, "format": 1, "pred": "Gaucher disease type 1", "think_present": 1,
                       "mixed_language": 0, "rank": 1}
+    assert module.compute_score(data_source="rare_arena", solution_str="<answer>Fabry</answer>",
+                                ground_truth=json.dumps(TRUTH), topk_rewards=ListLike([1.0, 0.5]))["score"] == 0.0
+
+
+class ListLike(Sequence):
+    """A list that is not a `list`, like OmegaConf's ListConfig in verl's reward_kwargs."""
+
+    def __init__(self, values):
+        self._values = list(values)
+
+    def __getitem__(self, index):
+        return self._values[index]
+
+    def __len__(self):
+        return len(self._values)
+
+
+def test_reward_file_runs_on_the_standard_library_alone(tmp_path):
+    """`python -S`: no site-packages, so no diagnosis_zero package, numpy or py3langid."""
+    import subprocess
+
+    copy = tmp_path / "standalone_reward.py"
+    copy.write_text(REWARD_FILE.read_text())
+    script = (
+        "import importlib.util, json, sys\n"
+        f"spec = importlib.util.spec_from_file_location('custom_module_1', {str(copy)!r})\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "assert 'numpy' not in sys.modules and 'diagnosis_zero' not in sys.modules\n"
+        "r = [m.compute_score(data_source='x', solution_str=s, ground_truth=g) for s, g in [\n"
+        "  ('<think>r</think><answer>Type II Gaucher disease</answer>', {'diagnosis': ['Gaucher disease type 2']}),\n"
+        "  ('<think>r</think><answer>HLH</answer> Der Patient hat eine seltene Erkrankung und ist nicht gesund.',\n"
+        "   '{\"diagnosis\": [\"Hemophagocytic lymphohistiocytosis\"]}')]]\n"
+        "print(json.dumps(r))\n"
+        "try:\n"
+        "    m.compute_score(data_source='x', solution_str='', ground_truth='', preset='nope')\n"
+        "except ValueError as exc:\n"
+        "    print(type(exc).__name__, exc)\n")
+    proc = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    first, second = json.loads(lines[0])
+    assert (first["score"], first["acc"]) == (1.0, 1)
+    assert (second["acc"], second["mixed_language"], second["format"]) == (1, 1, 0)
+    assert lines[1].startswith("ConfigError field 'preset'")
 
 
 def test_import_is_light():

@@ -18,8 +18,8 @@ Everything here is a pure function of its arguments (plus caches guarded for thr
 linear time: no backtracking regex ever sees unbounded text.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: verl loads this file with spec_from_file_location and
+# does not register it in sys.modules, and dataclasses then cannot resolve string annotations.
 import dataclasses
 import difflib
 import functools
@@ -159,8 +159,6 @@ def resolve_config(config: RewardConfig | None = None, *, preset: str | None = N
     unknown = set(overrides) - _CONFIG_FIELDS
     if unknown:
         raise ConfigError(sorted(unknown)[0], f"not a RewardConfig field (fields: {', '.join(sorted(_CONFIG_FIELDS))})")
-    if isinstance(overrides.get("topk_rewards"), list):
-        overrides["topk_rewards"] = tuple(overrides["topk_rewards"])
     return dataclasses.replace(config, **overrides) if overrides else config
 
 
@@ -589,7 +587,7 @@ def _answer_info(prediction: str) -> tuple[_Name, bool, bool, str | None]:
             stripped if _looks_like_acronym(stripped) else None)
 
 
-def _clinical_match(prediction: str, references: Sequence[str], lexicon: Lexicon | None,
+def _clinical_match(prediction: str, references: Sequence[str], lexicon: "Lexicon | None",
                     orpha_id: str | None, threshold: float) -> bool:
     pred, multiple, negated, acronym = _answer_info(prediction)
     if not pred.key:
@@ -637,7 +635,7 @@ def _fuzzy_ratio(pred: _Name, ref: _Name, threshold: float = 0.0) -> float:
 
 
 def match_diagnosis(prediction: str, references: Sequence[str], method: str = "clinical",
-                    lexicon: Lexicon | str | os.PathLike | None = None, *, orpha_id: str | None = None,
+                    lexicon: "Lexicon | str | os.PathLike | None" = None, *, orpha_id: str | None = None,
                     threshold: float = 0.9) -> bool:
     """True when `prediction` names the same diagnosis as one of `references`.
 
@@ -661,7 +659,7 @@ def match_diagnosis(prediction: str, references: Sequence[str], method: str = "c
 
 
 def similarity(prediction: str, references: Sequence[str], method: str = "clinical",
-               lexicon: Lexicon | str | os.PathLike | None = None, *, orpha_id: str | None = None,
+               lexicon: "Lexicon | str | os.PathLike | None" = None, *, orpha_id: str | None = None,
                threshold: float = 0.9) -> float:
     """Return a graded similarity in [0, 1]: the best over `references`.
 
@@ -964,10 +962,11 @@ def _config_from_kwargs(kwargs: dict[str, Any]) -> RewardConfig:
 
 
 def _freeze(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
+    """Return a hashable copy of a kwarg value (verl passes OmegaConf lists and dicts)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
         return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
     return value
 
 
