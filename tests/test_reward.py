@@ -420,6 +420,8 @@ def test_missing_references_score_as_wrong_not_an_error():
     ("Gaucher disease; Fabry disease", ["Gaucher disease", "Fabry disease"]),
     ("Gaucher disease", ["Gaucher disease"]),
     ("1. **Gaucher disease type 1**", ["Gaucher disease type 1"]),
+    ("1. **Gaucher disease** - splenomegaly, bone crises\n2. Charcot-Marie-Tooth disease – neuropathy",
+     ["Gaucher disease", "Charcot-Marie-Tooth disease"]),
     ("", []),
 ])
 def test_parse_ranked_list(text, items):

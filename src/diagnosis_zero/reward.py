@@ -247,6 +247,9 @@ def extract_answer(text: str) -> str:
 
 _LIST_MARKER = re.compile(r"^\s*(?:\(?\d{1,2}\s*[.):\]]|[-*\u2022])\s*")
 _INLINE_NUMBER = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+")
+# "1. Gaucher disease - splenomegaly and bone crises": a spaced dash starts the item's explanation
+# (names use unspaced hyphens: Charcot-Marie-Tooth).
+_ITEM_EXPLANATION = re.compile(r"\s[-\u2013\u2014]\s")
 MAX_LIST_ITEMS = 100  # more than this is not a ranked differential; parsing stops there
 
 
@@ -276,7 +279,8 @@ def parse_ranked_list(text: str) -> list[str]:
         line = line.strip()
         if not line or (line.endswith(":") and not _LIST_MARKER.match(line)):
             continue
-        item = _LIST_MARKER.sub("", line, count=1).strip().strip("*_`").strip()
+        item = _LIST_MARKER.sub("", line, count=1)
+        item = _ITEM_EXPLANATION.split(item, maxsplit=1)[0].strip().strip("*_`").strip()
         if item:
             items.append(item)
             if len(items) >= MAX_LIST_ITEMS:
