@@ -75,9 +75,15 @@ def validate(config) -> list[str]:
     # even be built in 0.9.1), so check it the way the reward loop worker uses it.
     manager = resolve_reward_manager_cls(config)
     checks.append(f"reward manager {config.reward.reward_manager.name!r} -> {manager.__name__}")
-    if get_custom_reward_fn(config) is None:
-        raise ValueError("reward.custom_reward_function.path is not set")
     function = config.reward.custom_reward_function
+    try:
+        reward_fn = get_custom_reward_fn(config)
+    except RuntimeError as error:
+        # verl hides the reason (in __cause__) behind "Error loading module"; name it.
+        cause = error.__cause__ or error
+        raise SystemExit(f"error: verl cannot load {function.path}: {type(cause).__name__}: {cause}") from error
+    if reward_fn is None:
+        raise SystemExit("error: reward.custom_reward_function.path is not set")
     checks.append(f"custom reward {function.name!r} loads from {function.path}")
     return checks
 
