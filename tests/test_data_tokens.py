@@ -26,16 +26,21 @@ def reference_count(tokenizer, prompt: str) -> int:
 def fixture_prompts():
     cases = [data.case_from_record("rdc", line, r) for line, r in data.iter_records(FIXTURES / "rdc.jsonl")]
     prompts = [data.build_prompt(c.text)[0]["content"] for c in cases]
-    # Non-ASCII (several tokens per character), text that looks like a special token, blank edges.
+    # Non-ASCII (several tokens per character), text that NFC changes (o + combining diaeresis),
+    # text that looks like special tokens, blank edges.
     prompts += [data.build_prompt(text)[0]["content"] for text in
-                ("Syndrome de Sjögren: ξηροφθαλμία, 口干. Δ 3 mm³", "ends <|im_end|> early", "  x  ")]
+                ("Syndrome de Sjögren: ξηροφθαλμία, 口干. Δ 3 mm³", "Sjo\u0308gren syndrome, A\u030a",
+                 "ends <|im_end|> early <tool_call>", "  x  ")]
     return prompts
 
 
 def test_counts_match_one_chat_template_call_per_prompt(qwen, monkeypatch):
     prompts = fixture_prompts()
     expected = [reference_count(qwen, p) for p in prompts]
+    # The Qwen2.5 tokenizer is counted by tiktoken from the same BPE ranks; the result is identical.
+    assert data._tiktoken_twin(qwen) is not None
     assert data.prompt_token_counts(prompts, qwen) == expected
+    assert data.prompt_token_counts(prompts, qwen, use_tiktoken=False) == expected
     # Qwen adds its default system prompt to a lone user message, and it is counted.
     rendered = qwen.apply_chat_template([{"role": "user", "content": prompts[0]}], tokenize=False,
                                         add_generation_prompt=True)
@@ -45,6 +50,7 @@ def test_counts_match_one_chat_template_call_per_prompt(qwen, monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.setattr(data, "TOKENIZE_BATCH", 4)
     assert data.prompt_token_counts(prompts, qwen) == expected
+    assert data.prompt_token_counts(prompts, qwen, use_tiktoken=False) == expected
 
 
 def test_a_template_that_changes_the_content_is_rendered_per_prompt(qwen, qwen_tokenizer_dir):
@@ -97,3 +103,25 @@ def test_cli_filter_with_a_tokenizer_folder(qwen_tokenizer_dir, tmp_path, capsys
                      str(tmp_path / "none"), "--max-prompt-tokens", "20", "--tokenizer", str(qwen_tokenizer_dir)])
     assert code == 2 and "every prompt is longer than 20 tokens" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_another_tokenizer_is_counted_by_itself(tmp_path):
+    """A byte-level BPE trained here (not Qwen's vocabulary): no tiktoken shortcut, same exact counts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    texts = [line for line in (FIXTURES / "rdc.jsonl").read_text().splitlines()]
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+    tokenizer.chat_template = ("{% for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>{% endfor %}"
+                               "{% if add_generation_prompt %}<s>assistant: {% endif %}")
+    prompts = fixture_prompts()
+    assert data._tiktoken_twin(tokenizer) is None
+    expected = [reference_count(tokenizer, p) for p in prompts]
+    assert data.prompt_token_counts(prompts, tokenizer) == expected
+    limit = sorted(expected)[len(expected) // 2]
+    assert data.prompts_within(prompts, limit, tokenizer) == [count <= limit for count in expected]

@@ -62,7 +62,7 @@ def test_summarize_top5_lists():
     records = [
         line(prediction=items, rank=1, judge=verdict(2, [2, 0, 0, 0, 0])),
         line(prediction=items, rank=3, judge=verdict(0, [0, 1, 2, 0, 0])),
-        line(prediction=items, rank=None, judge=verdict(1, [1, 0, 0, 0, 0])),
+        line(prediction=items, rank=0, judge=verdict(1, [1, 0, 0, 0, 0])),
         line(prediction=items, rank=None, judge=verdict(0, [0, 0, 0, None, 0], error="item 4: judge_error")),
     ]
     summary = summarize(records)

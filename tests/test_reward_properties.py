@@ -120,3 +120,22 @@ def test_pathological_inputs_are_scored():
     big = "<think>" + "The patient has fever and rash. " * 32_000 + "</think><answer>Gaucher disease</answer>"
     assert len(big) > 1_000_000
     assert compute_score("x", big, {"diagnosis": ["Gaucher disease"]})["score"] == 1.0
+
+
+NAME_PATTERNS = ["final likely ", "most likely diagnosis is ", "type II ", "(DLBCL) ", "not ", "Gaucher's ",
+                 "....", "a/b; ", "1. x ", "ae oe haem ", "DLBCL", "é β ", "ruled out "]
+
+
+@settings(max_examples=len(NAME_PATTERNS), deadline=None, derandomize=True)
+@given(st.sampled_from(NAME_PATTERNS))
+def test_matching_time_grows_linearly(unit):
+    """The clinical matcher reads answers up to 10,000 characters: 8x the name, at most 20x the time."""
+    def match(text):
+        reward._normalize.cache_clear()
+        reward._answer_info.cache_clear()
+        match_diagnosis(text, ["Gaucher disease type 1", text[:50]])
+        similarity(text, ["Gaucher disease type 1"])
+
+    small = unit * max(1, 1_200 // len(unit))
+    large = unit * (8 * max(1, 1_200 // len(unit)))
+    assert _best_time(match, large) < 20 * max(_best_time(match, small), 1e-4), unit

@@ -89,8 +89,8 @@ def _mean(values) -> float | None:
 
 def _rule_rank(record: dict) -> int | None:
     """1-based rank of the first rule-matched item of a list prediction (None: no match)."""
-    if "rank" in record:
-        return record["rank"]
+    if record.get("rank") is not None:  # reward.compute_score: 0 = no item matched
+        return int(record["rank"]) or None
     return 1 if record.get("acc") else None
 
 

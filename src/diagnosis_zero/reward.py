@@ -120,6 +120,12 @@ class RewardConfig:
         object.__setattr__(self, "topk_rewards", rewards)
         if self.lexicon is not None:
             object.__setattr__(self, "lexicon", os.fspath(self.lexicon))
+        for name in ("strict_format", "language_check"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
+        if isinstance(self.max_answer_chars, bool) or not isinstance(self.max_answer_chars, int) \
+                or self.max_answer_chars < 1:
+            raise ConfigError("max_answer_chars", f"must be a positive integer, got {self.max_answer_chars!r}")
         for name in ("correct_reward", "wrong_reward", "no_answer_reward", "missing_think_penalty",
                      "extra_answer_penalty", "answer_in_think_penalty", "unclosed_tag_penalty",
                      "extra_text_penalty", "multiple_diagnoses_penalty", "language_penalty", "fuzzy_threshold"):
@@ -180,7 +186,7 @@ class ParsedCompletion:
     n_think_blocks: int  # number of <think> tags
     n_answer_blocks: int  # number of complete <answer>...</answer> pairs (at most the tag counts)
     unclosed_tags: bool  # unbalanced, repeated or out-of-order tags
-    trailing_text: str  # stripped text after the last </answer> ("" when none)
+    trailing_text: str  # stripped text after the last </answer> or </think> ("" when none)
     extra_text: bool  # non-whitespace before <think>, between </think> and <answer>, or after </answer>
     format_ok: bool  # the strict R1-Zero format: exactly <think>x</think> <answer>y</answer>, x and y non-empty
 
@@ -304,7 +310,7 @@ def seed_similarity(prediction: str, reference: str) -> float:
     ratio = difflib.SequenceMatcher(None, pred, gold).ratio()
     pred_words, gold_words = set(_SEED_WORDS.findall(pred)), set(_SEED_WORDS.findall(gold))
     union = pred_words | gold_words
-    jaccard = len(pred_words & gold_words) / len(union) if union else 0.0  # the original divided by zero here
+    jaccard = len(pred_words & gold_words) / len(union) if union else 0.0  # both empty: no words to compare
     return 0.8 * ratio + 0.2 * jaccard
 
 
@@ -421,7 +427,10 @@ def _strip_wrappers(text: str) -> str:
     """Return `text` without markdown, 'Diagnosis:'-style lead-ins and trailing punctuation."""
     text = _MARKDOWN.sub(" ", text.translate(_APOSTROPHES))
     text = _SPACES.sub(" ", text).strip()
-    text = _LEADING_WRAPPER.sub("", text, count=1).rstrip(_END_PUNCTUATION)
+    lead_in = _LEADING_WRAPPER.match(text[:200])  # a lead-in is short; the cap keeps this linear
+    if lead_in:
+        text = text[lead_in.end():]
+    text = text.rstrip(_END_PUNCTUATION)
     head, tail = text[:-80], text[-80:]
     return (head + _TRAILING_WRAPPER.sub("", tail, count=1)).rstrip(_END_PUNCTUATION)
 
