@@ -94,7 +94,7 @@ def test_recipe_overrides_compose_and_validate_in_verl(size, tmp_path, installed
     assert process.returncode == 0, process.stderr[-3000:]
     for check in ("hydra composition", "validate_config", "actor_rollout_ref.actor -> dataclass",
                   "actor_rollout_ref.rollout -> dataclass", "actor_rollout_ref.model -> dataclass",
-                  "reward manager 'naive' -> NaiveRewardManager"):
+                  "micro-batches divide the per-GPU batches", "reward manager 'naive' -> NaiveRewardManager"):
         assert f"ok: {check}" in process.stderr
     config = json.loads(config_json.read_text())
     actor = config["actor_rollout_ref"]["actor"]
@@ -138,6 +138,8 @@ def test_recipe_overrides_compose_and_validate_in_verl(size, tmp_path, installed
     ("actor_rollout_ref.actor.grad_offload=True", "Could not override 'actor_rollout_ref.actor.grad_offload'"),
     # a value verl's own validation refuses
     ("actor_rollout_ref.actor.ppo_mini_batch_size=16", "must be >= actor.ppo_mini_batch_size (16)"),
+    # 8 prompts x 16 responses on 4 GPUs is 32 a GPU, which micro-batches of 5 do not divide
+    ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=5", "does not divide the 32 responses each GPU gets"),
 ])
 def test_dry_run_rejects_what_verl_would_reject(override, message, tmp_path, installed_package, prepared_dir):
     process, _ = dry_run("1.5b", tmp_path, override, DATA_DIR=str(prepared_dir))

@@ -4,6 +4,7 @@ Run through a recipe (`DRY_RUN=1 recipes/verl/run_qwen2.5-1.5b.sh [overrides]`),
 Python of an environment that has verl installed. The checks are verl's own:
 - Hydra composition, which rejects any key that is not in verl's schema;
 - `verl.utils.config.validate_config`, what `main_ppo` runs before it starts Ray;
+- the micro-batch split that verl asserts only inside its GPU workers;
 - conversion of each config section the trainer turns into a dataclass, whose `__post_init__`
   checks the values (the model section only when `actor_rollout_ref.model.path` is a local
   folder, since it loads the model's config and tokenizer).
@@ -41,6 +42,26 @@ def ref_as_actor(config):
     return OmegaConf.create(OmegaConf.to_container(ref, resolve=True))
 
 
+def check_micro_batches(config) -> str:
+    """Fail now on what verl only asserts inside its GPU workers: per-GPU batches split into micro-batches."""
+    actor = config.actor_rollout_ref.actor
+    n_gpus = config.trainer.n_gpus_per_node * config.trainer.nnodes
+    responses = config.actor_rollout_ref.rollout.n
+    splits = {
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu":
+            (actor.ppo_mini_batch_size * responses // n_gpus, actor.ppo_micro_batch_size_per_gpu),
+        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu":
+            (config.data.train_batch_size * responses // n_gpus,
+             config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu),
+    }
+    if actor.use_dynamic_bsz:
+        return "micro-batches: dynamic batch size"
+    for field, (per_gpu, micro) in splits.items():
+        if micro and per_gpu % micro:
+            raise SystemExit(f"error: {field}={micro} does not divide the {per_gpu} responses each GPU gets")
+    return "micro-batches divide the per-GPU batches"
+
+
 def validate(config) -> list[str]:
     """Run verl's start-up validation on `config`; return the names of the checks that ran."""
     from verl.trainer.ppo.reward import get_custom_reward_fn, resolve_reward_manager_cls
@@ -70,6 +91,8 @@ def validate(config) -> list[str]:
     for name, section in sections.items():
         omega_conf_to_dataclass(section)
         checks.append(f"{name} -> dataclass")
+
+    checks.append(check_micro_batches(config))
 
     # The reward section stays a DictConfig at run time (its RewardManagerConfig dataclass cannot
     # even be built in 0.9.1), so check it the way the reward loop worker uses it.

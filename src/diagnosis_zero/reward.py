@@ -688,12 +688,12 @@ def similarity(prediction: str, references: Sequence[str], method: str = "clinic
         return max(seed_similarity(prediction, r) for r in references)
     if match_diagnosis(prediction, references, method, lexicon, orpha_id=orpha_id, threshold=threshold):
         return 1.0
-    pred = _normalize(prediction[:10_000])
+    pred = _normalize(prediction[:10_000]).key[:1000]  # difflib is quadratic: compare bounded prefixes
     best = 0.0
     for ref in references:
-        key = _normalize(ref).key
-        if pred.key and key:
-            best = max(best, difflib.SequenceMatcher(None, pred.key, key, autojunk=False).ratio())
+        key = _normalize(ref).key[:1000]
+        if pred and key:
+            best = max(best, difflib.SequenceMatcher(None, pred, key, autojunk=False).ratio())
     return min(best, threshold - 1e-6)
 
 
