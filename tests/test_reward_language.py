@@ -65,27 +65,23 @@ MEDICAL_ENGLISH = [
 ]
 
 
+@pytest.fixture(params=["py3langid", "word lists"])
+def identifier(request, monkeypatch):
+    """Both ways of confirming a Latin-script sentence: the library, and function words alone."""
+    if request.param == "word lists":
+        monkeypatch.setattr(reward, "_langid", None)
+        monkeypatch.setattr(reward, "_langid_loaded", True)
+    return request.param
+
+
 @pytest.mark.parametrize("text", MIXED)
-def test_flags_other_languages(text):
+def test_flags_other_languages(identifier, text):
     assert is_mixed_language(text) is True
 
 
 @pytest.mark.parametrize("text", MEDICAL_ENGLISH)
-def test_does_not_flag_medical_english(text):
+def test_does_not_flag_medical_english(identifier, text):
     assert is_mixed_language(text) is False
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("Der Patient hat eine seltene Erkrankung des Stoffwechsels und ist nicht gesund.", True),
-    ("Linear scleroderma en coup de sabre was diagnosed.", False),
-    ("Von Willebrand disease and Van der Woude syndrome.", False),
-    ("A de novo variant was found in vivo and in vitro, as Smith et al. reported.", False),
-])
-def test_word_list_fallback_without_py3langid(monkeypatch, text, expected):
-    """Without the language-identification library, function-word counts alone decide."""
-    monkeypatch.setattr(reward, "_langid", None)
-    monkeypatch.setattr(reward, "_langid_loaded", True)
-    assert is_mixed_language(text) is expected
 
 
 def test_language_penalty_in_the_score():

@@ -830,7 +830,7 @@ or not no but may can also these there their than after before into patient pati
 """
 _FOREIGN_WORDS = frozenset(_FOREIGN_TEXT.split())
 _ENGLISH_WORDS = frozenset(_ENGLISH_TEXT.split())
-_ACCENTED = re.compile("[\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f]")
+_ACCENTED = re.compile("[\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff]")
 _SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _BLOCK = 2048  # characters screened at a time
 _MAX_BLOCKS = 24  # candidate blocks examined per text: bounded work, however long the text
@@ -910,8 +910,10 @@ def _is_foreign_sentence(sentence: str) -> bool:
                                                       and _has_accents(sentence, 3))):
         return False
     identifier = _language_identifier()
-    if identifier is None:
-        return foreign >= 3 and foreign >= 2 * english + 1
+    if identifier is None:  # word lists alone: demand more evidence
+        letters = sum(map(len, words))
+        return ((foreign >= 3 and foreign >= 2 * english + 1) or (foreign >= 2 and english == 0)
+                or len(_ACCENTED.findall(sentence)) >= 0.15 * letters)
     language, probability = identifier.classify(sentence)
     return language not in _NOT_FOREIGN and probability >= 0.6
 
