@@ -309,3 +309,33 @@ def test_hpo_rejects_an_input_file_and_a_bad_case_count(tmp_path, capsys):
     assert code == 2 and "field 'input'" in err
     with pytest.raises(ConfigError):
         data.hpo_cases(0, seed=1)
+
+
+def test_codes_are_normalised_and_a_missing_id_names_the_line(tmp_path):
+    path = tmp_path / "codes.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"case_report": "A.", "diagnosis": "D1", "Orpha_id": "ORPHA:355"},
+        {"ID": 17, "case_report": "B.", "diagnosis": "D2", "orphanetID": 324.0, "Orpha_name": "d2"},
+    ]) + "\n")
+    data.prepare_rarearena(path, tmp_path / "out", split_ratio=1.0)
+    cases = data.load_cases(tmp_path / "out" / "train.parquet")
+    assert [(c["id"], c["orpha_id"], c["references"]) for c in cases] == [("line-1", "355", ["D1"]),
+                                                                          ("17", "324", ["D2"])]
+    assert data.load_cases(tmp_path / "out" / "test.parquet") == []
+
+
+@pytest.mark.parametrize(("text", "line", "reason"), [
+    ("[]\n", None, "no valid records"),
+    ('[\n  {"case_report": "a", "diagnosis": "b"},\n]\n', 3, "a ',' before ']'"),
+    ('[\n  {"case_report": "a", "diagnosis": "b"}\n', 3, "never closed"),
+    ('[{"case_report": "a", "diagnosis": "b"}] []\n', 1, "extra data"),
+    ('[\n  {"case_report": "a", "diagnosis": "b"},\n  {"case_report": 3, "diagnosis": "b"}\n]', 3,
+     "field 'case_report': expected a string"),
+])
+def test_malformed_json_arrays(tmp_path, text, line, reason):
+    path = tmp_path / "cases.json"
+    path.write_text(text)
+    with pytest.raises(InputFileError) as info:
+        data.prepare_rarearena(path, tmp_path / "out")
+    assert info.value.line == line and reason in str(info.value)
+    assert not (tmp_path / "out").exists()

@@ -257,8 +257,8 @@ def _text_field(path, line, record, field, required: bool) -> str:
     return value
 
 
-def _code_field(path, line, record, fields) -> tuple[str, str | None]:
-    """Return `(value as a string, field name)` for the first of `fields` present in a record."""
+def _code_field(path, line, record, fields) -> str:
+    """Return the first of `fields` present in a record as a string (ids and codes may be numbers)."""
     for field in fields:
         value = record.get(field)
         if value is None:
@@ -269,8 +269,8 @@ def _code_field(path, line, record, fields) -> tuple[str, str | None]:
             if not value.is_integer():
                 raise InputFileError(path, line, field, f"expected an integer code, got {value}")
             value = int(value)
-        return str(value).strip(), field
-    return "", None
+        return str(value).strip()
+    return ""
 
 
 def case_from_record(path, line: int, record: dict) -> Case:
@@ -279,8 +279,8 @@ def case_from_record(path, line: int, record: dict) -> Case:
     tests = _text_field(path, line, record, "test_results", required=False)
     diagnosis = _text_field(path, line, record, "diagnosis", required=True).strip()
     orpha_name = _text_field(path, line, record, "Orpha_name", required=False).strip()
-    case_id, _ = _code_field(path, line, record, ID_FIELDS)
-    orpha_id, _ = _code_field(path, line, record, ORPHA_ID_FIELDS)
+    case_id = _code_field(path, line, record, ID_FIELDS)
+    orpha_id = _code_field(path, line, record, ORPHA_ID_FIELDS)
     if orpha_id[:6].upper() == "ORPHA:":
         orpha_id = orpha_id[6:].strip()
     references = [diagnosis]
