@@ -136,6 +136,8 @@ MATCHES = [
     ("Most likely: Marfan syndrome", "Marfan syndrome"),
     ("The patient has Huntington disease.", "Huntington disease"),
     ("Fabry disease is the most likely diagnosis.", "Fabry disease"),
+    ("Fabry disease (most likely)", "Fabry disease"),
+    ("Fabry disease?", "Fabry disease"),
     # Greek letters
     ("β-thalassemia", "Beta-thalassemia"),
     ("α-mannosidosis", "Alpha-mannosidosis"),
@@ -203,6 +205,7 @@ NON_MATCHES = [
     ("Gaucher disease is unlikely", "Gaucher disease"),
     ("Wilson disease ruled out", "Wilson disease"),
     ("Rule out Marfan syndrome", "Marfan syndrome"),
+    ("Marfan syndrome (unlikely)", "Marfan syndrome"),
     # several diagnoses: listing must never pay
     ("Gaucher disease; Fabry disease; Wilson disease", "Gaucher disease"),
     ("Gaucher disease or Fabry disease", "Gaucher disease"),

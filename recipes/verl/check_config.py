@@ -1,10 +1,10 @@
 """Compose verl's `ppo_trainer` config with a recipe's overrides and validate it, without GPUs.
 
 Run through a recipe (`DRY_RUN=1 recipes/verl/run_qwen2.5-1.5b.sh [overrides]`), with the
-Python of an environment that has verl installed. The checks are verl's own:
+Python of an environment that has verl installed. The checks are verl's own, run early:
 - Hydra composition, which rejects any key that is not in verl's schema;
 - `verl.utils.config.validate_config`, what `main_ppo` runs before it starts Ray;
-- the micro-batch split that verl asserts only inside its GPU workers;
+- the micro-batch split that verl asserts only inside its GPU workers, after the first rollout;
 - conversion of each config section the trainer turns into a dataclass, whose `__post_init__`
   checks the values (the model section only when `actor_rollout_ref.model.path` is a local
   folder, since it loads the model's config and tokenizer).
@@ -50,10 +50,11 @@ def check_micro_batches(config) -> str:
     splits = {
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu":
             (actor.ppo_mini_batch_size * responses // n_gpus, actor.ppo_micro_batch_size_per_gpu),
-        "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu":
-            (config.data.train_batch_size * responses // n_gpus,
-             config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu),
     }
+    for role in ("ref", "rollout"):
+        splits[f"actor_rollout_ref.{role}.log_prob_micro_batch_size_per_gpu"] = (
+            config.data.train_batch_size * responses // n_gpus,
+            config.actor_rollout_ref[role].log_prob_micro_batch_size_per_gpu)
     if actor.use_dynamic_bsz:
         return "micro-batches: dynamic batch size"
     for field, (per_gpu, micro) in splits.items():

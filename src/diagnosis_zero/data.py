@@ -707,6 +707,8 @@ PHENOTYPIC_ABNORMALITY = "HP:0000118"
 MALE_ONLY = ("HP:0010461", "HP:0012874")  # male genitalia; male reproductive physiology
 FEMALE_ONLY = ("HP:0010460", "HP:0030012", "HP:0000141")  # female genitalia; female physiology; amenorrhea
 MIN_PHENOTYPES = 3
+# Bump when `hpo_cases` changes what it generates for a seed, so that cached demo data is rebuilt.
+HPO_CASES_VERSION = 1
 # (weight, unit, low, high): infants, children, adolescents, adults.
 AGE_BANDS = ((20, "month", 1, 23), (30, "year", 2, 12), (15, "year", 13, 17), (35, "year", 18, 70))
 

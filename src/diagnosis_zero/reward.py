@@ -347,7 +347,9 @@ _LEADING_WRAPPER = re.compile(
 _TRAILING_WRAPPER = re.compile(
     r"(?:,?\s(?:is\s)?(?:the\s)?(?:most\slikely|likely|final|probable)\sdiagnosis|\sis\sthe\sdiagnosis)$",
     re.IGNORECASE)
-_END_PUNCTUATION = " .!;:,"
+_END_PUNCTUATION = " .!?;:,"
+_HEDGE_PAREN = re.compile(
+    r"\(\s*(?:(?:most|more|very)\s+)?(?:likely|probable|possible|suspected|favou?red)\s*\)", re.IGNORECASE)
 _NEGATION = re.compile(
     r"^(?:not|no|without|unlikely|rule\sout|ruled\sout|r/o|excluded?|absence\sof|negative\sfor|cannot\sbe|"
     r"there\sis\sno)\b|\b(?:is\sunlikely|ruled\sout|excluded|is\snot\slikely|not\slikely|is\snot\ssupported)$",
@@ -426,6 +428,8 @@ class _Name:
 def _strip_wrappers(text: str) -> str:
     """Return `text` without markdown, 'Diagnosis:'-style lead-ins and trailing punctuation."""
     text = _MARKDOWN.sub(" ", text.translate(_APOSTROPHES))
+    if "(" in text:
+        text = _HEDGE_PAREN.sub(" ", text)
     text = _SPACES.sub(" ", text).strip()
     lead_in = _LEADING_WRAPPER.match(text[:200])  # a lead-in is short; the cap keeps this linear
     if lead_in:
