@@ -139,3 +139,38 @@ def test_matching_time_grows_linearly(unit):
     small = unit * max(1, 1_200 // len(unit))
     large = unit * (8 * max(1, 1_200 // len(unit)))
     assert _best_time(match, large) < 20 * max(_best_time(match, small), 1e-4), unit
+
+
+@FAST
+@given(completions, st.lists(completions, min_size=1, max_size=3))
+def test_seed_pruning_gives_the_unpruned_decision(prediction, references):
+    """The seed matcher skips difflib when a length bound rules a pass out: same decisions."""
+    references = [r for r in references if r.strip()] or ["x"]
+    unpruned = max(reward.seed_similarity(prediction.strip().lower(), r) for r in references) > 0.8
+    assert match_diagnosis(prediction, references, method="seed") == unpruned
+
+
+NAMES = ["Fabry disease", "Wilson disease", "Marfan syndrome", "Pompe disease", "Gaucher disease type 2",
+         "Niemann-Pick disease type C", "DLBCL", "Lou Gehrig disease"]
+TRUTH = {"diagnosis": ["Gaucher disease type 1"], "orpha_id": "77259"}
+CLEAN_WRONG = compute_score("x", "<think>r</think><answer>Fabry disease</answer>", TRUTH)["score"]
+
+
+@FAST
+@given(st.lists(st.sampled_from(NAMES), min_size=1, max_size=6), st.integers(0, 6),
+       st.sampled_from(["; ", " or ", "\n", ", ", " and ", " / ", " vs "]),
+       st.sampled_from(["one answer", "many answers", "inside think", "think and answer"]))
+def test_hacks_that_contain_the_right_name_never_beat_a_clean_wrong_answer(others, position, separator, shape):
+    names = list(others)
+    names.insert(min(position, len(names)), "Gaucher disease type 1")
+    if shape == "one answer":
+        completion = f"<think>r</think><answer>{separator.join(names)}</answer>"
+    elif shape == "many answers":
+        completion = "<think>r</think>" + "".join(f"<answer>{n}</answer>" for n in names)
+    elif shape == "inside think":
+        completion = f"<think>r <answer>{separator.join(names)}</answer></think>"
+    else:
+        completion = f"<think>r <answer>Gaucher disease type 1</answer></think><answer>{names[0]}</answer>"
+    result = compute_score("rare_arena", completion, TRUTH)
+    assert result["acc"] == 0
+    assert result["score"] <= CLEAN_WRONG

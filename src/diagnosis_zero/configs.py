@@ -183,7 +183,7 @@ def coerce(name: str, tp, value, *, from_text: bool, source: str | None = None):
             except yaml.YAMLError as exc:
                 fail(f"cannot parse {text!r}: {exc}")
             return coerce(name, tp, parsed, from_text=False, source=source)
-        if list in kinds:
+        if list in kinds and not (str in kinds and "," not in text):
             item_type = _list_item_type(tp)
             items = [part.strip() for part in text.split(",") if part.strip()]
             return [coerce(name, item_type, item, from_text=True, source=source) for item in items]
@@ -217,7 +217,7 @@ def coerce(name: str, tp, value, *, from_text: bool, source: str | None = None):
             return value
         fail(f"expected {expected}, got a mapping")
     if isinstance(value, list):
-        if list in kinds:
+        if list in kinds and not (str in kinds and "," not in text):
             item_type = _list_item_type(tp)
             return [coerce(name, item_type, item, from_text=False, source=source) for item in value]
         fail(f"expected {expected}, got a list")
