@@ -31,7 +31,6 @@ from diagnosis_zero.reward import (
 REPO = Path(__file__).resolve().parents[1]
 REWARD_FILE = REPO / "src" / "diagnosis_zero" / "reward.py"
 PRODUCT1 = REPO / "tests" / "fixtures" / "orphanet" / "en_product1.xml"
-HYPERNYM = REPO.parent / "shared" / "data" / "orphanet_hypernym.json"
 SCORE_KEYS = {"score", "acc", "format", "pred", "think_present", "mixed_language", "rank"}
 
 
@@ -496,8 +495,8 @@ def test_lexicon_matches_by_orpha_code(prediction, truth, expected):
     assert not match_diagnosis(prediction, truth["diagnosis"]) or prediction == "Non-neuronopathic Gaucher disease"
 
 
-def test_load_rarearena_hypernym_json_names_only():
-    lexicon = load_lexicon(HYPERNYM)
+def test_load_rarearena_hypernym_json_names_only(hypernym_json):
+    lexicon = load_lexicon(hypernym_json)
     assert len(lexicon) == 7476
     assert lexicon.lookup("Gaucher disease type I") == {"77259"}
     assert lexicon.lookup("Behcet's disease") == {"117"}
