@@ -169,12 +169,12 @@ def test_cache_is_shared_across_runs_and_checkpoints(tmp_path, server):
 def test_transient_faults_are_retried(tmp_path, server, capsys):
     server.add_fault("500", match="Fabry disease", times=2)
     server.add_fault("drop", match="Pompe disease", times=1)
-    server.add_fault("timeout", match="Gaucher disease", times=1, delay=1.0)
+    server.add_fault("timeout", match="Gaucher disease", times=1, delay=2.5)
     server.add_fault("429", match=LCHAD, times=1, retry_after="1")
     inp = write_cases(tmp_path / "in.jsonl", [case(n, n) for n in
                                               ["Fabry disease", "Pompe disease", "Gaucher disease", LCHAD]])
     out = tmp_path / "out.jsonl"
-    assert judge(tmp_path, server, inp, out, "--timeout", "0.3") == 0
+    assert judge(tmp_path, server, inp, out, "--timeout", "1.0") == 0
     assert [r["judge"]["score"] for r in read(out)] == [0, 0, 0, 2]
     assert all(r["judge"]["error"] is None for r in read(out))
     assert server.count("Fabry disease") == 3 and server.count("Fabry disease", status=200) == 1
