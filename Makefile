@@ -10,17 +10,17 @@ CONSTRAINTS := constraints.txt
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint bench install-train install-dev browser clean
+.PHONY: demo test lint bench install-train install-dev browser verl-env clean
 
 demo: install-train
 	$(BIN)/diagnosis-zero train
 
-test: install-dev browser
-	$(BIN)/ruff check src tests benchmarks
+test: install-dev browser verl-env
+	$(BIN)/ruff check src tests benchmarks recipes
 	$(BIN)/python -m pytest -q
 
 lint: install-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks recipes
 
 bench: install-dev
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
@@ -46,5 +46,9 @@ $(VENV)/.stamp-dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
+# verl 0.9.1 (transformers<5.11) in its own venv, for tests/test_verl.py; about 2-3 min the first time.
+verl-env:
+	scripts/setup_verl_env.sh
+
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-verl build src/*.egg-info .pytest_cache .ruff_cache
