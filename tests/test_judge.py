@@ -246,7 +246,7 @@ def test_cache_survives_kill_9_and_nothing_answered_is_resent(tmp_path):
         assert 20 <= answered < 80
         assert len(cached) >= answered - 2  # at most the requests in flight at the kill are lost
         slow.reset_log()
-        assert subprocess.run(argv, capture_output=True).returncode == 0
+        assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
         resent = {normalized[p] for p in slow.predictions(status=None)}
         assert not resent & cached
         assert len(resent) + len(cached) == 80
@@ -270,13 +270,13 @@ def test_api_key_is_sent_but_never_written_or_printed(tmp_path):
                 "--output", str(tmp_path / "out.jsonl"), "--base-url", guarded.base_url,
                 "--api-key-env", "MY_JUDGE_KEY", "--cache", str(tmp_path / "cache.sqlite"),
                 "--hierarchy", str(HIERARCHY), "--backoff", "0.01"]
-        done = subprocess.run(argv, capture_output=True, text=True, env=env)
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr
         assert {r.authorization for r in guarded.requests} == {f"Bearer {SECRET}"}
         # a wrong key: the run stops with a clear error that does not echo any key
         env["MY_JUDGE_KEY"] = SECRET + "-wrong"
         argv[argv.index("--output") + 1] = str(tmp_path / "out2.jsonl")
-        refused = subprocess.run(argv, capture_output=True, text=True, env=env)
+        refused = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
         assert refused.returncode == 2 and "HTTP 401" in refused.stderr
         written = [p for p in tmp_path.iterdir() if p.is_file()]
         assert {p.name for p in written} >= {"out.jsonl", "cache.sqlite"}

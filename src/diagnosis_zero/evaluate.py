@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "hf", "vllm")
 TEMPLATE_CHOICES = ("auto", "r1-zero", "rarearena-top5")
 TOPK = 5  # RareArena's ranked list
+VLLM_MIN_BATCH = 256  # prompts handed to vLLM per written batch
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)$")
 
 
@@ -107,7 +108,8 @@ class GenerationConfig:
     backend: str = field(default="auto", metadata={
         "choices": BACKENDS, "help": "auto = vllm when vLLM is installed and a GPU is present, else hf"})
     batch_size: int = field(default=8, metadata={
-        "help": "prompts per generate call (hf) or per written batch (vllm); a crash loses at most one batch"})
+        "help": "prompts per generate call (hf) or per written batch (vllm: at least 256); a crash loses at "
+                "most one batch"})
     max_new_tokens: int = field(default=1024, metadata={
         "help": "completion length limit in tokens (the original study: 1024)"})
     temperature: float = field(default=0.0, metadata={
@@ -256,11 +258,13 @@ def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tupl
         return done
     generator = load_generator(model_spec, config)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
+    # vLLM schedules its own batches; feeding it a handful of prompts at a time would starve it
+    step = config.batch_size if isinstance(generator, HFGenerator) else max(config.batch_size, VLLM_MIN_BATCH)
     written = []
     try:
         with open(output, "a", encoding="utf-8") as fh, tqdm(total=len(todo), unit="case", desc="generate") as bar:
-            for start in range(0, len(todo), config.batch_size):
-                batch = todo[start:start + config.batch_size]
+            for start in range(0, len(todo), step):
+                batch = todo[start:start + step]
                 completions = generator.generate([prompt for _, prompt in batch])
                 records = [to_record(case_id, s, prompt, config.assistant_prefix + text, num_tokens)
                            for (case_id, prompt), samples_out in zip(batch, completions, strict=True)

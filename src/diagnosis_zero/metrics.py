@@ -245,8 +245,9 @@ def render(summaries: list[dict], fmt: str = "table", metrics: list[str] | None 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", nargs="+", required=True, help="evaluated or judged JSON Lines files")
     parser.add_argument("--format", default="table", choices=("table", "json", "markdown"), help="output format")
-    parser.add_argument("--metric", action="append", choices=list(METRICS), help=(
-        "metric of the model x step table (repeatable); default: top1_judge if any line is judged, else top1_rule"))
+    parser.add_argument("--metric", action="append", choices=list(METRICS), metavar="NAME", help=(
+        "metric of the model x step table (repeatable); default: top1_judge if any line is judged, else "
+        f"top1_rule; one of: {', '.join(METRICS)}"))
 
 
 def run(args) -> int:
