@@ -13,7 +13,7 @@ import pytest
 from judge_server import JudgeServer
 
 from diagnosis_zero import cli
-from diagnosis_zero.judge import cache_key, load_hierarchy, parse_judgement
+from diagnosis_zero.judge import cache_key, load_hierarchy, parse_judgement, score1_parents
 
 HIERARCHY = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "orphanet_hypernym.json"
 SECRET = "sk-test-DO-NOT-LEAK-7f3a9c1e"
@@ -75,10 +75,10 @@ def test_parse_judgement(text, expected):
 
 
 def test_hierarchy_keeps_only_parents_naming_at_most_ten_diseases():
-    parents = load_hierarchy(HIERARCHY)
-    assert len(parents) == 7476
-    assert LCHAD_PARENT in parents["5"]
-    assert LCHAD_BROAD not in parents["5"]  # parent_disease_count 54
+    hierarchy = load_hierarchy(HIERARCHY)
+    assert len(hierarchy) == 7476
+    assert LCHAD_PARENT in score1_parents(hierarchy["5"])
+    assert LCHAD_BROAD not in score1_parents(hierarchy["5"])  # parent_disease_count 54
 
 
 def test_bad_hierarchy_file_is_a_clear_error(tmp_path, server, capsys):
@@ -245,9 +245,11 @@ def test_cache_survives_kill_9_and_nothing_answered_is_resent(tmp_path):
         answered = slow.count(status=200)
         assert 20 <= answered < 80
         assert len(cached) >= answered - 2  # at most the requests in flight at the kill are lost
+        time.sleep(0.5)  # let the server finish handlers for requests the killed client left in flight
         slow.reset_log()
         assert subprocess.run(argv, capture_output=True, timeout=300).returncode == 0
-        resent = {normalized[p] for p in slow.predictions(status=None)}
+        # A handler still reading a request the killed client abandoned logs it without a prediction.
+        resent = {normalized[p] for p in slow.predictions(status=None) if p is not None}
         assert not resent & cached
         assert len(resent) + len(cached) == 80
         judged = read(out)

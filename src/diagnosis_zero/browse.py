@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import logging
 import re
 import threading
@@ -24,6 +23,7 @@ from urllib.parse import urlencode
 
 from diagnosis_zero.errors import ConfigError, InputFileError
 from diagnosis_zero.io import iter_jsonl
+from diagnosis_zero.judge import MAX_PARENT_DISEASES, load_hierarchy
 
 logger = logging.getLogger(__name__)
 
@@ -122,19 +122,6 @@ def load_checkpoints(path) -> tuple[dict[str, list[dict]], list[str]]:
         checkpoints[name] = list(records.values())
     return checkpoints, warnings
 
-
-def load_hierarchy(path) -> dict[str, dict]:
-    """Return orpha_id -> Orphanet entity ({name, type, parents}) from orphanet_hypernym.json."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputFileError(path, None, None, "hierarchy file not found")
-    try:
-        entities = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputFileError(path, None, None, f"not valid JSON ({exc})") from None
-    if not isinstance(entities, list):
-        raise InputFileError(path, None, None, "expected a JSON array of Orphanet entities")
-    return {str(e["Orphanetid"]).strip(): e for e in entities if isinstance(e, dict) and "Orphanetid" in e}
 
 
 # ---------------------------------------------------------------------------------------- outcome
@@ -321,7 +308,7 @@ def _ground_truth(record: dict, hierarchy) -> str:
                      f"<small>({html.escape(str(entity.get('type', '')))})</small></dd><dt>parents</dt><dd><ul id='parents'>")
         for parent in entity.get("parents") or []:
             count = parent.get("parent_disease_count")
-            narrow = isinstance(count, int) and count <= 10
+            narrow = isinstance(count, int) and count <= MAX_PARENT_DISEASES
             parts.append(f"<li>{html.escape(str(parent.get('parent')))} <small>({count} diseases"
                          f"{'; counts as score 1 in the updated judge' if narrow else ''})</small></li>")
         parts.append("</ul></dd>")

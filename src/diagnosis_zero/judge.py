@@ -151,8 +151,12 @@ def parse_judgement(text: str | None) -> int | None:
 # Inputs
 
 
-def load_hierarchy(path: str | os.PathLike) -> dict[str, list[str]]:
-    """Return orpha_id -> names of its Orphanet parents with `parent_disease_count <= 10`."""
+def load_hierarchy(path: str | os.PathLike) -> dict[str, dict]:
+    """Return orpha_id -> Orphanet entity ({Orphanetid, name, type, parents}) from orphanet_hypernym.json.
+
+    Every parent is checked for a name and an integer `parent_disease_count`, so a bad file fails
+    here, naming the entity, rather than half-way through a paid judge run.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputFileError(path, None, None, "hierarchy file not found")
@@ -162,20 +166,23 @@ def load_hierarchy(path: str | os.PathLike) -> dict[str, list[str]]:
         raise InputFileError(path, None, None, f"not valid JSON ({exc})") from None
     if not isinstance(entities, list):
         raise InputFileError(path, None, None, "expected a JSON array of Orphanet entities")
-    parents: dict[str, list[str]] = {}
+    hierarchy: dict[str, dict] = {}
     for number, entity in enumerate(entities):
         if not isinstance(entity, dict) or "Orphanetid" not in entity:
             raise InputFileError(path, None, f"[{number}].Orphanetid", "missing")
-        names = []
         for parent in entity.get("parents") or []:
-            try:
-                if int(parent["parent_disease_count"]) <= MAX_PARENT_DISEASES:
-                    names.append(str(parent["parent"]).strip())
-            except (KeyError, TypeError, ValueError):
+            if not (isinstance(parent, dict) and "parent" in parent
+                    and isinstance(parent.get("parent_disease_count"), int)):
                 raise InputFileError(path, None, f"[{number}].parents",
-                                     "each parent needs 'parent' and an integer 'parent_disease_count'") from None
-        parents[str(entity["Orphanetid"]).strip()] = sorted(set(names))
-    return parents
+                                     "each parent needs 'parent' and an integer 'parent_disease_count'")
+        hierarchy[str(entity["Orphanetid"]).strip()] = entity
+    return hierarchy
+
+
+def score1_parents(entity: dict | None) -> list[str]:
+    """Return the parents that count as score 1 in the updated protocol (<= 10 diseases)."""
+    return sorted({str(p["parent"]).strip() for p in (entity or {}).get("parents") or []
+                   if p["parent_disease_count"] <= MAX_PARENT_DISEASES})
 
 
 def prediction_items(prediction, top_k: int) -> list[str]:
@@ -329,7 +336,7 @@ async def _ask(client, messages: list[dict], config: JudgeConfig, stats: JudgeSt
     raise AssertionError("unreachable")
 
 
-async def _judge_records(records: list[dict], parents_of: dict[str, list[str]], config: JudgeConfig,
+async def _judge_records(records: list[dict], parents_of: dict[str, dict], config: JudgeConfig,
                          api_key: str, cache: JudgeCache, out_fh, stats: JudgeStats) -> None:
     import openai
     from tqdm import tqdm
@@ -386,7 +393,7 @@ async def _judge_records(records: list[dict], parents_of: dict[str, list[str]], 
 
     async def judge_case(record: dict) -> dict:
         items = prediction_items(record["prediction"], config.top_k)
-        parents = parents_of.get(str(record.get("orpha_id") or "").strip(), [])
+        parents = score1_parents(parents_of.get(str(record.get("orpha_id") or "").strip()))
         verdicts = await asyncio.gather(*(grade(item, record["references"], parents) for item in items))
         stats.items += len(items)
         errors = [f"item {i + 1}: {v.error}" if len(items) > 1 else v.error
