@@ -33,8 +33,9 @@ class RecipeConfig:
     model: str = field(default="bundled:smollm2-135m-instruct", metadata={
         "help": "model to train: a local HF folder, a hub id, or bundled:smollm2-135m-instruct (offline)"})
     dtype: str = field(default="auto", metadata={
-        "help": "weights dtype: auto (bfloat16 when bf16 is on and a GPU is present, else float32), "
-                "float32, bfloat16 or float16"})
+        "help": "weights dtype: float32, bfloat16, float16, or auto: float32 master weights for full "
+                "fine-tuning (bf16/fp16 then autocast the compute); a frozen LoRA base in bf16 when bf16 is "
+                "on or the CPU has native bf16 (AMX/AVX512-BF16)"})
     data: str | None = field(default=None, metadata={
         "help": "folder with train.parquet and test.parquet from `diagnosis-zero prepare`; when unset, "
                 "HPO demo cases are prepared automatically and cached"})

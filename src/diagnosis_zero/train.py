@@ -250,10 +250,11 @@ def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConf
     for case in data.load_cases(data_dir / f"{split}.parquet"):
         text = tokenizer.apply_chat_template(case["prompt"], tokenize=False, add_generation_prompt=True)
         text += recipe.assistant_prefix
-        if recipe.max_prompt_tokens is not None:
-            if len(tokenizer(text, add_special_tokens=False)["input_ids"]) > recipe.max_prompt_tokens:
-                dropped += 1
-                continue
+        too_long = recipe.max_prompt_tokens is not None and \
+            len(tokenizer(text, add_special_tokens=False)["input_ids"]) > recipe.max_prompt_tokens
+        if too_long:
+            dropped += 1
+            continue
         rows.append({
             # TRL renders chat messages itself; a prefilled assistant turn needs the rendered text.
             "prompt": text if recipe.assistant_prefix else case["prompt"],
@@ -274,7 +275,7 @@ def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConf
 def make_reward_funcs(reward_config, assistant_prefix: str, on_batch=None):
     """Return (TRL reward functions, weights): `reward.make_trl_reward_funcs` scoring prefix + completion.
 
-    `on_batch(completions, columns)` is called once per generation batch (completions prefixed),
+    `on_batch(prompts, completions, columns)` is called once per generation batch (completions prefixed),
     e.g. to sample completions for `completions.jsonl`.
     """
     from diagnosis_zero import reward
@@ -287,7 +288,7 @@ def make_reward_funcs(reward_config, assistant_prefix: str, on_batch=None):
                 completions = [_prefixed(c, assistant_prefix) for c in completions]
             values = _func(prompts=prompts, completions=completions, **columns)
             if _first and on_batch is not None:
-                on_batch(completions, columns)
+                on_batch(prompts, completions, columns)
             return values
 
         scored.__name__ = scored.__qualname__ = func.__name__  # TRL logs rewards/<name>/mean
@@ -541,7 +542,7 @@ class RunState:
         for flag in health.new_flags(self.rows, self.health_raised):
             logger.warning("training health: %s", flag)
 
-    def on_reward_batch(self, completions, columns) -> None:
+    def on_reward_batch(self, prompts, completions, columns) -> None:
         """Keep a few scored completions of the batch being generated (for step global_step + 1)."""
         every = self.recipe.completions_log_steps
         state = columns.get("trainer_state")
@@ -560,6 +561,7 @@ class RunState:
             result = results[i]
             self.samples.append({
                 "step": step, "id": columns["extra_info"][i].get("id"),
+                "prompt": prompts[i] if prompts is not None else None,
                 "completion": completion_text(completions[i]), "references": list(truth["diagnosis"]),
                 "orpha_id": truth["orpha_id"], "score": result["score"], "acc": result["acc"],
                 "format": result["format"], "think_present": result["think_present"],
@@ -596,8 +598,8 @@ def train(plan: TrainPlan) -> dict:
     recipe, args = plan.recipe, plan.args
     output_dir = plan.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_path = models.resolve_model(recipe.model)
-    tokenizer = models.load_tokenizer(model_path, trust_remote_code=args.trust_remote_code)
+    # Data first: a problem with it shows before the (possibly slow) model conversion and loading.
+    tokenizer = models.load_tokenizer(recipe.model, trust_remote_code=args.trust_remote_code)
     data_dir = prepared_data_dir(recipe)
     train_rows = load_split(data_dir, "train", tokenizer, recipe)
     val_cases = []
@@ -612,6 +614,7 @@ def train(plan: TrainPlan) -> dict:
     else:
         rows = []
     run = RunState(plan, val_cases, rows)
+    model_path = models.resolve_model(recipe.model)
 
     from datasets import Dataset
 
@@ -619,7 +622,7 @@ def train(plan: TrainPlan) -> dict:
     reward_funcs, weights = make_reward_funcs(plan.reward_config, recipe.assistant_prefix, run.on_reward_batch)
     if args.reward_weights is None:
         args.reward_weights = weights
-    model_init_kwargs = {"dtype": _dtype(recipe.dtype, args, torch)}
+    model_init_kwargs = {"dtype": _dtype(recipe, args, plan.device, torch)}
     model_init_kwargs.update(args.model_init_kwargs or {})
     args.model_init_kwargs = model_init_kwargs
     peft_config = None
@@ -651,13 +654,21 @@ def train(plan: TrainPlan) -> dict:
     }
 
 
-def _dtype(name: str, args, torch):
-    if name != "auto":
-        return getattr(torch, name)
-    if args.bf16:
-        return torch.bfloat16
-    if args.fp16:
-        return torch.float16
+def _dtype(recipe: configs.RecipeConfig, args, device: str, torch):
+    """Return the weights dtype for `dtype: auto`.
+
+    Full fine-tuning keeps float32 master weights (bf16/fp16 then only autocast the compute, as verl's
+    FSDP mixed precision does): in bf16 weights an AdamW update at lr 3e-7 is below bf16's resolution
+    and is lost. A frozen LoRA base can be half precision: bf16/fp16 when mixed precision is on, and
+    bf16 on a CPU with native bf16 (AMX / AVX512-BF16), where it is 2-3x faster than float32.
+    """
+    if recipe.dtype != "auto":
+        return getattr(torch, recipe.dtype)
+    if recipe.use_peft:
+        if args.bf16 or (device == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return torch.bfloat16
+        if args.fp16:
+            return torch.float16
     return torch.float32
 
 
@@ -667,10 +678,10 @@ def format_summary(summary: dict) -> str:
     lines = []
     status = "interrupted (resume with --resume)" if summary["interrupted"] else "done"
     if steps:
-        seconds = steps[-1]["time"] - (summary["rows"][0].get("time", 0.0) if summary["rows"] else 0.0)
-        lines.append(f"training {status}: {steps[-1]['step']} steps on {summary['device']}, "
-                     f"{steps[-1]['time']:.0f} s in all")
-        del seconds
+        durations = sorted(b["time"] - a["time"] for a, b in zip(steps, steps[1:], strict=False) if b["step"] == a["step"] + 1)
+        per_step = f", {durations[len(durations) // 2]:.1f} s/step" if durations else ""
+        lines.append(f"training {status}: {steps[-1]['step']} steps on {summary['device']} in "
+                     f"{steps[-1]['time']:.0f} s{per_step}")
         head, tail = steps[:5], steps[-5:]
         lines.append(f"{'':22}{'step ' + str(steps[0]['step']):>10}{'step ' + str(steps[-1]['step']):>10}"
                      f"{'first 5':>10}{'last 5':>10}")

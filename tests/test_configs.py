@@ -1,0 +1,172 @@
+"""Recipes and GRPOConfig pass-through: parsing, type coercion, unknown fields, batch arithmetic, and the
+shipped recipes' hyperparameters against the original study (REFERENCE.md section 1). No model is loaded."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diagnosis_zero import configs
+from diagnosis_zero.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+QWEN_RECIPES = ["qwen2.5-1.5b-instruct", "qwen2.5-3b-instruct", "qwen2.5-7b-instruct"]
+
+
+def test_override_args_forms():
+    parsed = configs.parse_override_args(
+        ["--learning-rate", "1e-5", "--bf16", "--max_steps=-1", "--seed", "-3", "--report-to", "none"])
+    assert parsed == {"learning_rate": "1e-5", "bf16": None, "max_steps": "-1", "seed": "-3", "report_to": "none"}
+
+
+def test_override_args_reject_positional():
+    with pytest.raises(ConfigError, match="unexpected argument"):
+        configs.parse_override_args(["demo"])
+
+
+def test_command_line_values_are_typed_like_the_fields():
+    recipe, grpo = configs.split_fields({}, {
+        "learning_rate": "3e-7", "bf16": None, "num_generations": "4", "report_to": "none",
+        "reward_weights": "1,0.5,1", "lora_target_modules": "q_proj,v_proj", "validation_max_cases": "null",
+        "use_peft": "false", "generation_kwargs": "{top_k: 5}"}, "recipe.yaml")
+    assert grpo["learning_rate"] == 3e-7 and isinstance(grpo["learning_rate"], float)
+    assert grpo["bf16"] is True
+    assert grpo["num_generations"] == 4
+    assert grpo["report_to"] == "none"  # a real value of report_to, not null
+    assert grpo["reward_weights"] == [1.0, 0.5, 1.0]
+    assert grpo["generation_kwargs"] == {"top_k": 5}
+    assert recipe.lora_target_modules == ["q_proj", "v_proj"]
+    assert recipe.validation_max_cases is None
+    assert recipe.use_peft is False
+
+
+def test_recipe_values_are_checked_and_yaml_number_strings_parsed():
+    # PyYAML reads `3e-7` (no dot) as a string; a float field still gets a float.
+    recipe, grpo = configs.split_fields(yaml.safe_load("learning_rate: 3e-7\nmax_steps: 5.0\nlora_r: 8\n"), {}, "r.yaml")
+    assert grpo["learning_rate"] == 3e-7 and grpo["max_steps"] == 5 and recipe.lora_r == 8
+    with pytest.raises(ConfigError, match="field 'lora_r'.*expected int"):
+        configs.split_fields({"lora_r": "eight"}, {}, "r.yaml")
+    with pytest.raises(ConfigError, match="field 'use_peft'"):
+        configs.split_fields({"use_peft": 3}, {}, "r.yaml")
+
+
+def test_unknown_field_is_named_with_a_suggestion():
+    with pytest.raises(ConfigError) as info:
+        configs.split_fields({"learning_rat": 1e-5}, {}, "my.yaml")
+    assert info.value.field == "learning_rat"
+    assert "did you mean 'learning_rate'" in str(info.value) and "my.yaml" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        configs.split_fields({}, {"lora_rank": "8"}, None)
+    assert info.value.field == "lora_rank" and "command line" in str(info.value)
+
+
+def test_bare_flag_needs_a_boolean_field():
+    with pytest.raises(ConfigError, match="field 'learning_rate': expects a value"):
+        configs.split_fields({}, {"learning_rate": None}, None)
+
+
+def test_precedence_defaults_recipe_command_line():
+    _, grpo = configs.split_fields({"logging_steps": 5, "save_steps": 7}, {"save_steps": "9"}, None)
+    assert grpo["report_to"] == ["tensorboard"]  # our default
+    assert grpo["logging_steps"] == 5            # recipe over default
+    assert grpo["save_steps"] == 9               # command line over recipe
+
+
+def test_prompts_per_step_derives_accumulation():
+    recipe = configs.RecipeConfig(prompts_per_step=8)
+    grpo = {"num_generations": 16, "per_device_train_batch_size": 8}
+    configs.derive_batch(recipe, grpo, num_processes=4)
+    assert grpo["gradient_accumulation_steps"] == 4  # 8 x 4 x 4 = 128 = 8 prompts x 16
+    with pytest.raises(ConfigError) as info:
+        configs.derive_batch(recipe, {"num_generations": 16, "per_device_train_batch_size": 24}, num_processes=1)
+    assert info.value.field == "prompts_per_step"
+    with pytest.raises(ConfigError) as info:
+        configs.derive_batch(recipe, {"num_generations": 16, "per_device_train_batch_size": 8,
+                                      "gradient_accumulation_steps": 2}, num_processes=1)
+    assert info.value.field == "gradient_accumulation_steps"
+
+
+def test_batch_not_divisible_by_num_generations_names_the_field():
+    with pytest.raises(ConfigError) as info:
+        configs.derive_batch(configs.RecipeConfig(), {"num_generations": 3, "per_device_train_batch_size": 8}, 1)
+    assert info.value.field == "num_generations" and "not divisible" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        configs.derive_batch(configs.RecipeConfig(), {"num_generations": 1}, 1)
+    assert info.value.field == "num_generations"
+
+
+def test_check_recipe_ranges():
+    with pytest.raises(ConfigError, match="field 'dtype'"):
+        configs.check_recipe(configs.RecipeConfig(dtype="int8"))
+    with pytest.raises(ConfigError, match="field 'validation_steps'"):
+        configs.check_recipe(configs.RecipeConfig(validation_steps=-1))
+    with pytest.raises(ConfigError, match="field 'prompts_per_step'"):
+        configs.check_recipe(configs.RecipeConfig(prompts_per_step=0))
+
+
+def test_recipe_lookup_by_name_and_path(tmp_path):
+    assert configs.resolve_recipe_path(None) == configs.RECIPES_DIR / "demo.yaml"
+    assert configs.resolve_recipe_path("qwen2.5-7b-instruct").name == "qwen2.5-7b-instruct.yaml"
+    with pytest.raises(ConfigError, match="no recipe named 'nope'.*demo"):
+        configs.resolve_recipe_path("nope")
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        configs.resolve_recipe_path(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        configs.load_recipe(str(bad))
+
+
+@pytest.mark.parametrize("name", ["demo", *QWEN_RECIPES])
+def test_shipped_recipes_parse(name):
+    mapping, path = configs.load_recipe(name)
+    recipe, grpo = configs.split_fields(mapping, {}, str(path))
+    configs.check_recipe(recipe)
+    configs.derive_batch(recipe, grpo, num_processes=1)
+
+
+@pytest.mark.parametrize("name,gpus", [("qwen2.5-1.5b-instruct", 4), ("qwen2.5-3b-instruct", 4),
+                                       ("qwen2.5-7b-instruct", 8)])
+def test_qwen_recipes_reproduce_the_original_hyperparameters(name, gpus):
+    mapping, path = configs.load_recipe(name)
+    recipe, grpo = configs.split_fields(mapping, {}, str(path))
+    configs.derive_batch(recipe, grpo, num_processes=gpus)
+    completions = grpo["per_device_train_batch_size"] * gpus * grpo["gradient_accumulation_steps"]
+    assert recipe.prompts_per_step == 8 and grpo["num_generations"] == 16 and completions == 128
+    assert grpo.get("steps_per_generation") is None and grpo.get("num_iterations", 1) == 1  # one update a step
+    assert grpo["learning_rate"] == 3e-7 and grpo["lr_scheduler_type"] == "constant"
+    assert grpo.get("warmup_steps", 0) == 0 and grpo.get("warmup_ratio", 0) == 0
+    assert grpo["weight_decay"] == 0.01 and grpo["max_grad_norm"] == 1.0
+    assert grpo["optim"].startswith("adamw")
+    assert grpo["beta"] == 0.001 and grpo["entropy_coef"] == 0.001 and grpo["epsilon"] == 0.2
+    assert grpo["temperature"] == 1.0 and grpo.get("top_p", 1.0) == 1.0
+    assert grpo["max_completion_length"] == 1024 and recipe.max_prompt_tokens == 1024
+    assert recipe.validation_steps == 10 and recipe.validation_max_cases is None
+    assert grpo["save_steps"] == 50 and grpo["num_train_epochs"] == 5
+    assert grpo["use_vllm"] is True and grpo["vllm_mode"] == "colocate"
+    assert grpo["bf16"] is True and grpo["gradient_checkpointing"] is True
+    assert recipe.reward_preset == "clinical" and recipe.use_peft is False
+    assert recipe.model.startswith("Qwen/Qwen2.5-") and recipe.model.endswith("-Instruct")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_are_valid_yaml(path):
+    config = yaml.safe_load(path.read_text())
+    assert config["distributed_type"] in ("MULTI_GPU", "DEEPSPEED")
+    assert config["num_processes"] >= 2
+    if config["distributed_type"] == "DEEPSPEED":
+        assert config["deepspeed_config"]["zero_stage"] in (2, 3)
+    if config.get("num_machines", 1) > 1:
+        assert {"machine_rank", "main_process_ip", "main_process_port"} <= set(config)
+
+
+def test_accelerate_configs_cover_ddp_zero2_zero3_multinode():
+    names = {p.stem for p in (REPO / "recipes" / "accelerate").glob("*.yaml")}
+    assert {"ddp", "zero2", "zero3", "multi_node"} <= names
+
+
+def test_help_lists_recipe_fields():
+    text = configs.describe_fields()
+    for name in ("model", "data", "assistant_prefix", "reward_preset", "lora_r", "prompts_per_step",
+                 "validation_steps"):
+        assert f"  {name} (default" in text
