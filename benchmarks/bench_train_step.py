@@ -112,14 +112,19 @@ def main() -> int:
         plain_trl(Path(args.plain), args.steps)
         return 0
     results: dict[str, list] = {"diagnosis-zero train": [], "plain TRL GRPOTrainer": []}
+    tokens_seen: dict[str, list] = {name: [] for name in results}
     with tempfile.TemporaryDirectory() as tmp:
         for round_no in range(args.rounds):
             for name, runner in (("diagnosis-zero train", ours), ("plain TRL GRPOTrainer", baseline)):
                 out = Path(tmp) / f"{name.split()[0]}-{round_no}"
-                seconds, tokens_per_s = per_step(runner(out, args.steps))
+                times = runner(out, args.steps)
+                seconds, tokens_per_s = per_step(times)
                 results[name].append((seconds, tokens_per_s))
+                tokens_seen[name].append([tokens for _, _, tokens in times])
                 print(f"round {round_no + 1} {name:24} {seconds:6.2f} s/step  {tokens_per_s:7.1f} tokens/s",
                       flush=True)
+    same = all(a == b for a, b in zip(tokens_seen["diagnosis-zero train"], tokens_seen["plain TRL GRPOTrainer"],
+                                      strict=True))
     summary = {name: (statistics.median(s for s, _ in runs), statistics.median(t for _, t in runs))
                for name, runs in results.items()}
     print(f"\ndemo recipe, {args.steps} steps x {args.rounds} rounds (median s/step over steps 2..N):")
@@ -127,6 +132,8 @@ def main() -> int:
         print(f"  {name:24} {seconds:6.2f} s/step  {tokens_per_s:7.1f} tokens/s")
     ratio = summary["diagnosis-zero train"][0] / summary["plain TRL GRPOTrainer"][0]
     print(f"  overhead ratio (ours / plain TRL): {ratio:.3f}  (target <= 1.05)")
+    # Same seed, data order and settings: both runs should sample the very same completions.
+    print(f"  identical token counts per step in both: {'yes' if same else 'no'}")
     return 0
 
 

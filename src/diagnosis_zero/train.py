@@ -490,6 +490,11 @@ def _make_callback(run: RunState):
                 row.update(run.pending_validation)
                 run.pending_validation = None
             run.write_row(row)
+            if "reward_mean" in row:
+                logger.info("step %d: reward %.3f, format %.2f, think %.2f, accuracy %.2f, %.0f tokens, %.1f s",
+                            row["step"], row["reward_mean"], row.get("format_rate", math.nan),
+                            row.get("think_rate", math.nan), row.get("accuracy", math.nan),
+                            row.get("completion_length_mean", math.nan), row.get("step_time", math.nan))
 
     return DiagnosisZeroCallback()
 
@@ -599,7 +604,10 @@ def train(plan: TrainPlan) -> dict:
     output_dir = plan.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
     # Data first: a problem with it shows before the (possibly slow) model conversion and loading.
-    tokenizer = models.load_tokenizer(recipe.model, trust_remote_code=args.trust_remote_code)
+    try:
+        tokenizer = models.load_tokenizer(recipe.model, trust_remote_code=args.trust_remote_code)
+    except OSError as exc:  # a hub id that is not cached while offline, a folder without a tokenizer
+        raise ConfigError("model", f"cannot load the tokenizer of {recipe.model}: {exc}") from None
     data_dir = prepared_data_dir(recipe)
     train_rows = load_split(data_dir, "train", tokenizer, recipe)
     val_cases = []
@@ -634,6 +642,7 @@ def train(plan: TrainPlan) -> dict:
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                           processing_class=tokenizer, peft_config=peft_config, callbacks=[_make_callback(run)])
     run.trainer = trainer
+    _quiet_progress(trainer)
 
     def on_sigint(signum, frame):
         run.sigint = True
@@ -648,10 +657,25 @@ def train(plan: TrainPlan) -> dict:
     return {
         "rows": run.rows, "output_dir": str(output_dir), "interrupted": run.interrupted,
         "checkpoint": str(last_checkpoint(output_dir) or ""), "device": plan.device,
-        "logging_dir": args.logging_dir if "tensorboard" in (args.report_to or []) else None,
+        "logging_dir": (os.environ.get("TENSORBOARD_LOGGING_DIR") or str(output_dir / "runs"))
+        if "tensorboard" in (args.report_to or []) else None,
         "completions": str(output_dir / COMPLETIONS_FILE) if (output_dir / COMPLETIONS_FILE).is_file() else None,
         "global_step": trainer.state.global_step,
     }
+
+
+def _quiet_progress(trainer) -> None:
+    """Keep TRL's progress bar (steps, ETA) but not its dump of every metric after each step; our
+    callback logs one short line per step instead, and metrics.jsonl has everything."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            pass
+
+    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
+        trainer.remove_callback(ProgressCallback)
+        trainer.add_callback(QuietProgress())
 
 
 def _dtype(recipe: configs.RecipeConfig, args, device: str, torch):
