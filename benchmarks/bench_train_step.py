@@ -48,8 +48,6 @@ def baseline(out: Path, steps: int) -> list[tuple[int, float, float]]:
 
 def plain_trl(out: Path, steps: int) -> None:
     """The baseline: TRL's GRPOTrainer with the demo's settings, and nothing else."""
-    import dataclasses
-
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -73,7 +71,8 @@ def plain_trl(out: Path, steps: int) -> None:
         scored.__name__ = func.__name__
         return scored
 
-    args = GRPOConfig(**{f.name: getattr(plan.args, f.name) for f in dataclasses.fields(GRPOConfig) if f.init})
+    args = plan.args  # the GRPOConfig that `diagnosis-zero train` builds from the recipe, as is
+    assert isinstance(args, GRPOConfig)
     args.reward_weights = weights
     args.model_init_kwargs = {"dtype": train._dtype(recipe, args, plan.device, __import__("torch"))}
     started = time.monotonic()
