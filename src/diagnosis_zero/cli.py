@@ -9,10 +9,15 @@ A module that sets `ACCEPTS_EXTRA_ARGS = True` receives unknown `--flags` in `ar
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import enum
 import importlib
 import importlib.util
+import json
 import logging
 import sys
+import types
+import typing
 
 from diagnosis_zero import __version__
 from diagnosis_zero.errors import DiagnosisZeroError
@@ -29,6 +34,109 @@ VERBS: dict[str, tuple[str, str]] = {
     "report": ("diagnosis_zero.report", "plots, tables and an HTML report for training runs"),
     "browse": ("diagnosis_zero.browse", "local web app to read and compare model outputs"),
 }
+
+
+# ---------------------------------------------------------------------------------------------
+# One way to turn a config dataclass into command-line flags (every verb but `train`, which uses
+# TRL's own parser over its recipe dataclass and GRPOConfig). The flag vocabulary is docs/cli.md.
+
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _alternatives(annotation) -> list:
+    """Return the alternatives of an annotation, with Optional/Union flattened."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [alt for arg in typing.get_args(annotation) for alt in _alternatives(arg)]
+    return [annotation]
+
+
+def _flag_spec(annotation) -> tuple[object, list | None, bool, bool]:
+    """Return (item type, choices, is_bool, is_list) for a field annotation."""
+    alternatives = [alt for alt in _alternatives(annotation) if alt is not type(None)]
+    if len(alternatives) != 1:
+        raise TypeError(f"unsupported annotation {annotation!r}: one type (optionally | None) per field")
+    tp = alternatives[0]
+    origin = typing.get_origin(tp)
+    is_list = origin in (list, tuple)
+    if is_list:
+        tp = (typing.get_args(tp) or (str,))[0]
+        origin = typing.get_origin(tp)
+    choices = None
+    if origin is typing.Literal:
+        choices = list(typing.get_args(tp))
+        tp = type(choices[0])
+    elif isinstance(tp, type) and issubclass(tp, enum.Enum):
+        choices = [member.value for member in tp]
+        tp = type(choices[0])
+    elif tp is dict or origin is dict:
+        tp = json.loads
+    if tp is bool and is_list:
+        raise TypeError("a list of booleans is not supported")
+    return tp, choices, tp is bool, is_list
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag: still works, warns once, hidden from --help."""
+
+    def __init__(self, option_strings, dest, new_flag: str, is_bool: bool = False, **kwargs):
+        self.new_flag, self.is_bool = new_flag, is_bool
+        if is_bool:  # old spellings took `--x`, `--x true` or `--x false`
+            kwargs.update(nargs="?", const="true")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        # printed, not logged: logging is configured only after the arguments are parsed
+        print(f"warning: {option_string} is deprecated; use {self.new_flag}", file=sys.stderr)
+        if self.is_bool:
+            word = str(values).strip().lower()
+            if word not in _TRUE | _FALSE:
+                parser.error(f"{option_string}: expected true or false, got {values!r}")
+            values = word in _TRUE
+        setattr(namespace, self.dest, values)
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None:
+    """Add one flag per field of a config dataclass: `--field-name`, typed from the type hints.
+
+    bool -> `--x/--no-x`; `X | None` -> optional X; `list[X]` -> one or more values; `Literal` and
+    Enum -> choices. Field metadata: `help`, `required`, `choices`, `metavar`, and `aliases`: old
+    spellings kept hidden, working, with a deprecation warning (docs/cli.md).
+    """
+    hints = typing.get_type_hints(config_cls)
+    for config_field in dataclasses.fields(config_cls):
+        if not config_field.init:
+            continue
+        meta = config_field.metadata
+        flag = "--" + config_field.name.replace("_", "-")
+        tp, choices, is_bool, is_list = _flag_spec(hints[config_field.name])
+        choices = meta.get("choices", choices)
+        default = (config_field.default_factory() if config_field.default_factory is not dataclasses.MISSING
+                   else config_field.default)
+        help_text = meta.get("help", "")
+        kwargs: dict = {"dest": config_field.name}
+        if is_bool:
+            kwargs.update(action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            kwargs.update(type=tp, choices=choices, metavar=meta.get("metavar"))
+            if is_list:
+                kwargs["nargs"] = "+"
+            if meta.get("required"):
+                kwargs.update(required=True, help=help_text)
+            else:
+                shown = " ".join(map(str, default)) if isinstance(default, list) else default
+                kwargs.update(default=default, help=f"{help_text} (default: {shown})" if help_text else None)
+        parser.add_argument(flag, **kwargs)
+        for alias in meta.get("aliases", ()):
+            typed = {} if is_bool else {"type": tp, "nargs": "+" if is_list else None}
+            parser.add_argument(alias, dest=config_field.name, action=_DeprecatedAlias, new_flag=flag,
+                                is_bool=is_bool, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **typed)
+
+
+def dataclass_from_args(config_cls, args: argparse.Namespace):
+    """Build a config dataclass from arguments parsed with `add_dataclass_arguments`."""
+    return config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_cls)
+                         if f.init and hasattr(args, f.name)})
 
 
 def _top_level_help() -> str:
