@@ -784,22 +784,109 @@ def _read_orphanet_xml(path: str) -> list[tuple[str, str]]:
 
 
 def _read_hypernym_json(path: str) -> list[tuple[str, str]]:
-    """Read RareArena's orphanet_hypernym.json: a list of {Orphanetid, name, type, parents}."""
+    """Read RareArena's orphanet_hypernym.json names: (Orpha code, name) per entity."""
+    return [(code, entity.name) for code, entity in load_hierarchy(path).entities.items()]
+
+
+MAX_PARENT_DISEASES = 10  # RareArena's updated protocol: a parent naming at most this many diseases
+
+
+@dataclass(frozen=True)
+class OrphanetParent:
+    """One parent group of an Orphanet entity, as orphanet_hypernym.json lists it."""
+
+    name: str
+    disease_count: int  # `parent_disease_count`: diseases the group holds
+    child_count: int | None = None
+
+
+@dataclass(frozen=True)
+class OrphanetEntity:
+    code: str
+    name: str
+    type: str
+    parents: tuple[OrphanetParent, ...]  # in file order, duplicates kept (RareArena keeps them)
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """RareArena's orphanet_hypernym.json: Orpha code -> entity, with O(1) lookups by code and name."""
+
+    path: str
+    entities: Mapping[str, OrphanetEntity]  # Orpha code -> entity, in file order
+    by_name: Mapping[str, tuple[str, ...]]  # exact entity name -> Orpha codes, in file order
+
+    def name(self, code: Any) -> str | None:
+        """Return the Orphanet name of a code, or None when the code is not in the file."""
+        entity = self.entities.get(str(code).strip())
+        return entity.name if entity else None
+
+    def parents(self, code: Any, max_diseases: int | None = MAX_PARENT_DISEASES) -> list[str]:
+        """Return the names of a code's parents holding at most `max_diseases` diseases (None: all),
+        in file order; empty for an unknown code."""
+        entity = self.entities.get(str(code).strip())
+        if entity is None:
+            return []
+        return [p.name for p in entity.parents if max_diseases is None or p.disease_count <= max_diseases]
+
+    def __len__(self) -> int:
+        return len(self.entities)
+
+
+_HIERARCHIES: dict[str, Hierarchy] = {}
+
+
+def load_hierarchy(path: str | os.PathLike) -> Hierarchy:
+    """Load RareArena's orphanet_hypernym.json once per path (thread-safe); validate every entity.
+
+    A bad file fails here with `InputFileError` naming the entity and field, not half-way through
+    a paid judge run or a training step.
+    """
+    key = os.path.realpath(os.fspath(path))
+    hierarchy = _HIERARCHIES.get(key)
+    if hierarchy is not None:
+        return hierarchy
+    with _LEXICON_LOCK:
+        hierarchy = _HIERARCHIES.get(key)
+        if hierarchy is None:
+            hierarchy = _HIERARCHIES[key] = _read_hierarchy(key, os.fspath(path))
+    return hierarchy
+
+
+def _read_hierarchy(path: str, shown: str) -> Hierarchy:
+    if not os.path.isfile(path):
+        raise InputFileError(shown, None, None, "Orphanet hierarchy file not found")
     try:
         with open(path, encoding="utf-8") as fh:
             records = json.load(fh)
     except json.JSONDecodeError as exc:
-        raise InputFileError(path, exc.lineno, None, f"not valid JSON ({exc.msg})") from None
+        raise InputFileError(shown, exc.lineno, None, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     except UnicodeDecodeError:
-        raise InputFileError(path, None, None, "not UTF-8 text") from None
+        raise InputFileError(shown, None, None, "not UTF-8 text") from None
     if not isinstance(records, list):
-        raise InputFileError(path, 1, None, "expected a JSON list of Orphanet entities")
-    entries = []
+        raise InputFileError(shown, 1, None, "expected a JSON list of Orphanet entities")
+    entities: dict[str, OrphanetEntity] = {}
+    by_name: dict[str, list[str]] = {}
     for index, record in enumerate(records):
-        if not isinstance(record, dict) or "Orphanetid" not in record or not record.get("name"):
-            raise InputFileError(path, None, f"[{index}].Orphanetid/name", "each entity needs 'Orphanetid' and 'name'")
-        entries.append((str(record["Orphanetid"]).strip(), str(record["name"]).strip()))
-    return entries
+        if not isinstance(record, dict) or "Orphanetid" not in record:
+            raise InputFileError(shown, None, f"[{index}].Orphanetid", "missing")
+        if not isinstance(record.get("name"), str) or not record["name"].strip():
+            raise InputFileError(shown, None, f"[{index}].name", "missing or not a string")
+        parents = []
+        for number, parent in enumerate(record.get("parents") or []):
+            if not (isinstance(parent, dict) and isinstance(parent.get("parent"), str)
+                    and isinstance(parent.get("parent_disease_count"), int)
+                    and not isinstance(parent.get("parent_disease_count"), bool)):
+                raise InputFileError(shown, None, f"[{index}].parents[{number}]",
+                                     "each parent needs a string 'parent' and an integer 'parent_disease_count'")
+            child_count = parent.get("parent_child_count")
+            parents.append(OrphanetParent(parent["parent"].strip(), parent["parent_disease_count"],
+                                          child_count if isinstance(child_count, int) else None))
+        code = str(record["Orphanetid"]).strip()
+        name = record["name"].strip()
+        entities[code] = OrphanetEntity(code, name, str(record.get("type") or ""), tuple(parents))
+        by_name.setdefault(name, []).append(code)
+    return Hierarchy(path=path, entities=entities, by_name={k: tuple(v) for k, v in by_name.items()})
 
 
 # ---------------------------------------------------------------------------------------------
