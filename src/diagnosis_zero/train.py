@@ -50,12 +50,13 @@ SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_se
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # GRPOConfig fields arrive as unknown flags; argparse must not expand `--re` to `--resume`.
+    # Any other `--field VALUE` (a recipe or GRPOConfig field) arrives in `args.extra_args` and is
+    # parsed by TRL's own parser in `configs.split_fields`; argparse must not expand `--re` to `--resume`.
     parser.allow_abbrev = False
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = configs.describe_fields()
     parser.add_argument("--recipe", default=None,
-                        help=f"recipe name in {configs.RECIPES_DIR} (demo, qwen2.5-7b-instruct, ...) or a "
+                        help="recipe name (demo, qwen2.5-7b-instruct, qwen2.5-7b-instruct-original, ...) or a "
                         "YAML path (default: demo)")
     parser.add_argument("--model", default=None,
                         help="model: local HF folder, hub id or bundled:smollm2-135m-instruct")
@@ -68,12 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    overrides = configs.parse_override_args(getattr(args, "extra_args", []) or [])
+    tokens = list(getattr(args, "extra_args", None) or [])
     for name in ("model", "data", "output_dir", "max_steps", "reward_preset"):
         value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = str(value)
-    plan = plan_run(args.recipe, overrides, resume=args.resume)
+        if value is not None:  # the named flags win over the same field given among the others
+            tokens.append(f"--{name}={value}")
+    plan = plan_run(args.recipe, tokens, resume=args.resume)
     summary = train(plan)
     print(format_summary(summary))
     return 130 if summary["interrupted"] else 0
@@ -92,7 +93,7 @@ class TrainPlan:
     device: str
 
 
-def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resume: bool = False) -> TrainPlan:
+def plan_run(recipe_spec: str | None, overrides: configs.Overrides, *, resume: bool = False) -> TrainPlan:
     """Check the recipe, data, model spec, output dir and resume state; return what `train` needs.
 
     Raises ConfigError naming the field for anything that cannot work. Loads no model.
