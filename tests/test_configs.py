@@ -11,6 +11,7 @@ from diagnosis_zero.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 QWEN_RECIPES = ["qwen2.5-1.5b-instruct", "qwen2.5-3b-instruct", "qwen2.5-7b-instruct"]
+ORIGINAL_RECIPES = [f"{name}-original" for name in QWEN_RECIPES]
 
 
 def test_command_line_values_are_typed_by_trls_parser():
@@ -197,7 +198,11 @@ def test_recipe_lookup_by_name_and_path(tmp_path):
         configs.load_recipe(str(bad))
 
 
-@pytest.mark.parametrize("name", ["demo", *QWEN_RECIPES])
+def test_every_shipped_recipe_is_listed():
+    assert set(configs.recipe_names()) == {"demo", *QWEN_RECIPES, *ORIGINAL_RECIPES}
+
+
+@pytest.mark.parametrize("name", ["demo", *QWEN_RECIPES, *ORIGINAL_RECIPES])
 def test_shipped_recipes_parse(name):
     mapping, path = configs.load_recipe(name)
     recipe, grpo = configs.split_fields(mapping, {}, str(path))
@@ -227,6 +232,40 @@ def test_qwen_recipes_reproduce_the_original_hyperparameters(name, gpus):
     assert grpo["bf16"] is True and grpo["gradient_checkpointing"] is True
     assert recipe.reward_preset == "clinical" and recipe.use_peft is False
     assert recipe.model.startswith("Qwen/Qwen2.5-") and recipe.model.endswith("-Instruct")
+
+
+@pytest.mark.parametrize("name", QWEN_RECIPES)
+def test_original_recipe_is_the_qwen_recipe_with_the_original_reward_and_effective_clip(name):
+    """The original run (issue 10): reward preset `original`, clip 32 (verl 0.1's clip of 1.0 acted at a
+    true gradient norm of about 32, REFERENCE.md section 1), the original data settings; nothing else
+    differs from the Qwen recipe of the same size."""
+    original, original_path = configs.load_recipe(f"{name}-original")
+    base, _ = configs.load_recipe(name)
+    changed = {key for key in original.keys() | base.keys() if original.get(key) != base.get(key)}
+    assert changed == {"reward_preset", "max_grad_norm"}
+    recipe, grpo = configs.split_fields(original, [], str(original_path))
+    assert recipe.reward_preset == "original" and grpo["max_grad_norm"] == 32.0
+    assert recipe.max_prompt_tokens == 1024 and recipe.data == "data/rarearena"
+    text = original_path.read_text()
+    assert "max_grad_norm: 32.0" in text and "about 32" in text and "REFERENCE.md section 1" in text
+    assert "70%" in text and "--max-prompt-tokens 1024" in text
+    # and the reward it resolves to is the original preset's
+    from diagnosis_zero import reward
+
+    assert reward.resolve_config(preset=recipe.reward_preset) == reward.resolve_config(preset="original")
+
+
+def test_original_recipe_through_plan_run(tmp_path, tiny_model_dir):
+    """plan_run resolves the original recipe with its reward preset and clip (model and data swapped for
+    local ones, vLLM off on the CPU); no model is loaded."""
+    from diagnosis_zero import data, reward, train
+
+    data.prepare_rarearena(REPO / "tests" / "fixtures" / "rarearena" / "rdc.jsonl", tmp_path / "data")
+    plan = train.plan_run("qwen2.5-1.5b-instruct-original", [
+        "--model", str(tiny_model_dir), "--data", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"),
+        "--use-vllm", "false", "--gradient-checkpointing", "false"], resume=False)
+    assert plan.recipe.reward_preset == "original" and plan.args.max_grad_norm == 32.0
+    assert plan.reward_config == reward.resolve_config(preset="original")
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
