@@ -25,7 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from diagnosis_zero import data  # noqa: E402
+from diagnosis_zero import data, prompt_tokens  # noqa: E402
 
 VOCABULARY = (
     "patient presented with progressive weakness fatigue fever weight loss abdominal pain history of the "
@@ -129,7 +129,7 @@ def main() -> int:
         records = itertools.islice(synthetic_records(args.records), args.generic_records)
         texts = [data.case_text(record) for record in records]
         prompts = [data.R1_ZERO_TEMPLATE.replace("{case}", text) for text in texts]
-        _, seconds = timed(lambda: data.prompt_token_counts(prompts, tokenizer, use_tiktoken=False))
+        _, seconds = timed(lambda: prompt_tokens.prompt_token_counts(prompts, tokenizer, use_tiktoken=False))
         generic = len(prompts) / seconds
 
     print(f"token filter: dropped {summary.dropped['too_long']} of {summary.records_read} prompts "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -229,11 +228,12 @@ def prepared_data_dir(recipe: configs.RecipeConfig) -> Path:
     """Return the data folder: `recipe.data`, or HPO demo cases prepared once into the cache."""
     if recipe.data is not None:
         return Path(os.path.expanduser(recipe.data))
-    from diagnosis_zero import data, models
+    from diagnosis_zero import data, hpo_cases, models
 
     template = recipe.template or "r1-zero"
-    key = hashlib.sha256(data.resolve_template(template).encode()).hexdigest()[:10]
-    target = models.cache_dir() / "data" / f"hpo-n{recipe.demo_cases}-s{recipe.demo_seed}-{key}"
+    # The key covers all that changes the cases: count, seed, prompt, generator and hpo3 versions.
+    name = hpo_cases.cache_name(recipe.demo_cases, recipe.demo_seed, data.resolve_template(template))
+    target = models.cache_dir() / "data" / name
     if not (target / "train.parquet").is_file() or not (target / "test.parquet").is_file():
         logger.info("preparing %d HPO demo cases in %s", recipe.demo_cases, target)
         data.prepare_hpo(target, num_cases=recipe.demo_cases, seed=recipe.demo_seed, template=template,
