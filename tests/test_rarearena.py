@@ -269,3 +269,31 @@ def test_table_in_rarearenas_layout():
     assert original["top1"] == {0: 0.5, 1: 0.25, 2: 0.25, "total": 0.5}
     assert original["topk"] == {0: 0.0, 1: 0.25, 2: 0.75, "total": 1.0}
     assert rows["item"]["top1"][0] == 1.0 and rows["item"]["topk"][2] == 1.0
+
+
+def test_metrics_prints_rarearenas_table_and_flags_the_item_protocol(tmp_path, server, capsys):
+    cases = [case("a", "1. Tetrasomy X syndrome;\n2. B;", "Tetrasomy X syndrome", "9", raw=True,
+                  prediction=["Tetrasomy X syndrome", "B"]),
+             case("b", "1. Turner syndrome;\n2. Tetrasomy X syndrome;", "Tetrasomy X syndrome", "9", raw=True,
+                  prediction=["Turner syndrome", "Tetrasomy X syndrome"]),
+             case("c", "1. A;", "Tetrasomy X syndrome", "9", raw=True, prediction=["A"])]
+    server.answer_override["1. A;"] = "no score here"
+    run_judge(tmp_path, server, cases, "rarearena", output="step-0.judged.jsonl")
+    capsys.readouterr()
+    assert cli.main(["metrics", "--input", str(tmp_path / "step-0.judged.jsonl"), "--layout", "rarearena"]) == 0
+    out = capsys.readouterr().out
+    header, _, row = out.splitlines()[:3]
+    assert "top-1 score 2" in header and "top-5 Total" in header and "judge errors" in header
+    # 2 judged cases: top-1 = [2, 0] -> 50% / 50%; top-5 = [2, 2] -> 100%; 1 error left out of the shares
+    assert row.split()[:3] == ["m", "step", "0"] and "rarearena" in row
+    assert row.split()[-11:] == ["50.00%", "0.00%", "50.00%", "50.00%", "0.00%", "0.00%", "100.00%", "100.00%",
+                                 "2", "1", "0"]
+    assert "not comparable" not in out
+    # a file judged per item: the table and the plain metrics say it is not RareArena's number
+    items = [dict(c, prediction="Tetrasomy X syndrome") for c in cases]
+    run_judge(tmp_path, server, items, "item", output="step-1.judged.jsonl")
+    capsys.readouterr()
+    assert cli.main(["metrics", "--input", str(tmp_path / "step-1.judged.jsonl"), "--layout", "rarearena"]) == 0
+    assert "item (not comparable with RareArena's published numbers)" in capsys.readouterr().out
+    assert cli.main(["metrics", "--input", str(tmp_path / "step-1.judged.jsonl")]) == 0
+    assert "not comparable with RareArena's published numbers" in capsys.readouterr().out

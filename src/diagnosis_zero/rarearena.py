@@ -9,7 +9,9 @@ this project is our own code. Do not edit these strings: tests/test_rarearena.py
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 # Inference (`eval/run.py`): one user message, no system message, temperature 0.1, max_tokens 4096.
 # `{case}` is `case_report` (RDS) or `case_report + " " + test_results` (RDC).
@@ -165,3 +167,42 @@ def rarearena_header(top_k: int = TOP_K) -> list[str]:
     return ["results", "judge protocol", "top-1 score 0", "top-1 score 1", "top-1 score 2", "top-1 Total",
             f"top-{top_k} score 0", f"top-{top_k} score 1", f"top-{top_k} score 2", f"top-{top_k} Total",
             "judged", "judge errors", "short replies"]
+
+
+def protocol_note(records: list[dict]) -> str | None:
+    """Return a warning line when judged lines come from a protocol other than RareArena's own."""
+    others = sorted({str(j.get("protocol") or "item") for r in records if isinstance(j := r.get("judge"), dict)}
+                    - set(VERBATIM_PROTOCOLS))
+    if not others:
+        return None
+    return (f"note: judge figures from protocol {', '.join(others)} are {NOT_COMPARABLE} "
+            "(use `judge --protocol rarearena`; docs/evaluate.md)")
+
+
+def render_rarearena_layout(paths: list[str], fmt: str = "table", top_k: int = TOP_K) -> str:
+    """Return RareArena's table for results files: one row per file and judge protocol."""
+    from diagnosis_zero.metrics import load_results
+
+    header, rows, data = rarearena_header(top_k), [], []
+    for path in paths:
+        records = load_results([path])
+        first = records[0] if records else {}
+        title = str(first.get("model", Path(path).stem)) + (
+            f" step {first['step']}" if first.get("step") is not None else "")
+        table = rarearena_table(records, top_k)
+        data += [{"file": str(path), "model": first.get("model"), "step": first.get("step"), **row} for row in table]
+        rows += format_rarearena_rows(title, table, top_k)
+    if fmt == "json":
+        return json.dumps(data, indent=2, default=str)
+    if not rows:
+        return "no judged lines (run `diagnosis-zero judge` first)"
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+        lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+                 .rstrip() for row in [header, ["-" * w for w in widths], *rows]]
+    legend = ("shares of judged cases at each score; Total = score 1 + score 2 (RareArena's metric.py); judge "
+              "errors are left out of the shares; short replies (fewer scores than items) are counted as scored")
+    return "\n".join(lines) + "\n\n" + legend
