@@ -118,7 +118,8 @@ def test_original_protocol_accepts_any_broader_category_and_needs_no_hierarchy(t
                                               case("b", "LCHAD deficiency")])
     out = tmp_path / "out.jsonl"
     argv = ["judge", "--input", str(inp), "--output", str(out), "--base-url", server.base_url,
-            "--cache", str(tmp_path / "c.sqlite"), "--protocol", "rarearena"]
+            "--cache", str(tmp_path / "c.sqlite"), "--protocol", "rarearena",
+            "--backoff", "0.01"]  # a removed flag: accepted (with a warning) so old scripts still run
     assert cli.main(argv) == 0
     # RareArena's original judge sees the record's `diagnosis` only: "LCHAD deficiency" (the other
     # reference name) is not given to it, so it earns 0 here

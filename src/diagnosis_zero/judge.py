@@ -67,9 +67,9 @@ class JudgeConfig:
     concurrency: int = field(default=16, metadata={"help": "requests in flight at once"})
     top_k: int = field(default=rarearena.TOP_K, metadata={"help": "items counted for top-k (RareArena: 5)"})
     temperature: float | None = field(default=None, metadata={
-        "help": "judge temperature, item protocol only (default 0.1; the verbatim protocols always use RareArena's 0.1)"})
+        "help": "judge temperature for --protocol item; unset = 0.1 (the verbatim protocols always send RareArena's 0.1)"})
     max_tokens: int | None = field(default=None, metadata={
-        "help": "cap on the judge's reply, item protocol only (default: unset; verbatim: RareArena's 4096)"})
+        "help": "cap on the judge's reply for --protocol item; unset = none (the verbatim protocols send RareArena's 4096)"})
     timeout: float = field(default=60.0, metadata={"help": "seconds per attempt before it is abandoned and retried"})
     max_retries: int = field(default=6, metadata={
         "help": "retries by the openai client after HTTP 408/409/429/5xx, timeouts and dropped connections "
