@@ -40,6 +40,7 @@ from diagnosis_zero.judge_items import (
     JudgeEndpoint,
     JudgeStats,
     default_cache_path,
+    request_digest,
 )
 from diagnosis_zero.reward import MAX_PARENT_DISEASES  # noqa: F401  (browse imports it from here)
 
@@ -175,8 +176,6 @@ class VerbatimGrader:
         self._in_flight: dict[str, asyncio.Future] = {}
 
     async def judge(self, record: dict) -> dict:
-        from diagnosis_zero.judge_items import request_digest
-
         answer, source = answer_text(record)
         verdict = {"protocol": self.config.protocol, "model": self.config.judge_model, "answer_source": source}
         if not answer.strip():  # nothing to grade: no request, score 0 (RareArena would send an empty answer)
