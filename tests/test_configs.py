@@ -12,6 +12,7 @@ from diagnosis_zero.errors import ConfigError
 REPO = Path(__file__).resolve().parent.parent
 QWEN_RECIPES = ["qwen2.5-1.5b-instruct", "qwen2.5-3b-instruct", "qwen2.5-7b-instruct"]
 ORIGINAL_RECIPES = [f"{name}-original" for name in QWEN_RECIPES]
+RDC_FIXTURE = REPO / "tests" / "fixtures" / "rarearena" / "rdc.jsonl"
 
 
 def test_command_line_values_are_typed_by_trls_parser():
@@ -205,7 +206,9 @@ def test_every_shipped_recipe_is_listed():
 @pytest.mark.parametrize("name", ["demo", *QWEN_RECIPES, *ORIGINAL_RECIPES])
 def test_shipped_recipes_parse(name):
     mapping, path = configs.load_recipe(name)
-    recipe, grpo = configs.split_fields(mapping, {}, str(path))
+    # the -original recipes read RDC.json from the working folder: point them at a fixture
+    overrides = ["--rarearena-file", str(RDC_FIXTURE)] if name in ORIGINAL_RECIPES else []
+    recipe, grpo = configs.split_fields(mapping, overrides, str(path))
     configs.check_recipe(recipe)
     configs.derive_batch(recipe, grpo, num_processes=1)
 
@@ -242,10 +245,11 @@ def test_original_recipe_is_the_qwen_recipe_with_the_original_reward_and_effecti
     original, original_path = configs.load_recipe(f"{name}-original")
     base, _ = configs.load_recipe(name)
     changed = {key for key in original.keys() | base.keys() if original.get(key) != base.get(key)}
-    assert changed == {"reward_preset", "max_grad_norm"}
+    assert changed == {"reward_preset", "max_grad_norm", "data", "rarearena_file"}
     recipe, grpo = configs.split_fields(original, [], str(original_path))
     assert recipe.reward_preset == "original" and grpo["max_grad_norm"] == 32.0
-    assert recipe.max_prompt_tokens == 1024 and recipe.data == "data/rarearena"
+    assert recipe.max_prompt_tokens == 1024 and recipe.data is None and recipe.rarearena_file == "RDC.json"
+    assert recipe.template is None  # the study's prompt (`prepare`'s default)
     text = original_path.read_text()
     assert "max_grad_norm: 32.0" in text and "about 32" in text and "REFERENCE.md section 1" in text
     assert "70%" in text and "--max-prompt-tokens 1024" in text
@@ -255,17 +259,33 @@ def test_original_recipe_is_the_qwen_recipe_with_the_original_reward_and_effecti
     assert reward.resolve_config(preset=recipe.reward_preset) == reward.resolve_config(preset="original")
 
 
-def test_original_recipe_through_plan_run(tmp_path, tiny_model_dir):
-    """plan_run resolves the original recipe with its reward preset and clip (model and data swapped for
-    local ones, vLLM off on the CPU); no model is loaded."""
+def test_original_run_in_one_command_prepares_the_original_data(tmp_path, tiny_model_dir, monkeypatch):
+    """plan_run resolves the original recipe with its reward preset and clip (model and RareArena file
+    swapped for local ones, vLLM off on the CPU), loading no model; its data is then prepared from the
+    RareArena file exactly as `prepare` does by default with the 1,024-token filter, once."""
     from diagnosis_zero import data, reward, train
 
-    data.prepare_rarearena(REPO / "tests" / "fixtures" / "rarearena" / "rdc.jsonl", tmp_path / "data")
+    monkeypatch.setenv("DIAGNOSIS_ZERO_CACHE", str(tmp_path / "cache"))
     plan = train.plan_run("qwen2.5-1.5b-instruct-original", [
-        "--model", str(tiny_model_dir), "--data", str(tmp_path / "data"), "--output-dir", str(tmp_path / "run"),
+        "--model", str(tiny_model_dir), "--rarearena-file", str(RDC_FIXTURE), "--output-dir", str(tmp_path / "run"),
         "--use-vllm", "false", "--gradient-checkpointing", "false"], resume=False)
     assert plan.recipe.reward_preset == "original" and plan.args.max_grad_norm == 32.0
     assert plan.reward_config == reward.resolve_config(preset="original")
+    prepared = train.prepared_data_dir(plan.recipe)
+    assert prepared.parent == tmp_path / "cache" / "data"
+    data.prepare_rarearena(RDC_FIXTURE, tmp_path / "by-hand", max_prompt_tokens=1024, tokenizer=str(tiny_model_dir))
+    for split in data.SPLITS:
+        assert data.load_cases(prepared / f"{split}.parquet") == data.load_cases(tmp_path / "by-hand" / f"{split}.parquet")
+    stamp = (prepared / "train.parquet").stat().st_mtime_ns
+    assert train.prepared_data_dir(plan.recipe) == prepared and (prepared / "train.parquet").stat().st_mtime_ns == stamp
+    # a prepared folder given with --data wins; a missing RareArena file is named before anything loads
+    plan = train.plan_run("qwen2.5-1.5b-instruct-original", [
+        "--model", str(tiny_model_dir), "--data", str(tmp_path / "by-hand"), "--output-dir", str(tmp_path / "run2"),
+        "--use-vllm", "false"], resume=False)
+    assert train.prepared_data_dir(plan.recipe) == tmp_path / "by-hand"
+    with pytest.raises(ConfigError, match="field 'rarearena_file': file not found: RDC.json"):
+        train.plan_run("qwen2.5-1.5b-instruct-original", ["--model", str(tiny_model_dir), "--output-dir",
+                                                          str(tmp_path / "run3"), "--use-vllm", "false"])
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)

@@ -48,8 +48,13 @@ class RecipeConfig:
     data: str | None = field(default=None, metadata={
         "help": "folder with train.parquet and test.parquet from `diagnosis-zero prepare`; when unset, "
                 "HPO demo cases are prepared automatically and cached"})
+    rarearena_file: str | None = field(default=None, metadata={
+        "help": "RareArena file (RDC.json, RDS.json or *_benchmark.jsonl) to prepare when `data` is unset (`data` wins), as "
+                "`prepare` does by default: the study's prompt (or `template`), the first 70% in file order "
+                "to train, prompts over max_prompt_tokens dropped with the model's tokenizer; prepared once "
+                "into the cache, so one command runs a whole training"})
     demo_cases: int = field(default=200, metadata={
-        "help": "number of HPO demo cases to prepare when `data` is unset"})
+        "help": "number of HPO demo cases to prepare when `data` and `rarearena_file` are unset"})
     demo_seed: int = field(default=0, metadata={"help": "seed for sampling the HPO demo cases"})
     template: str | None = field(default=None, metadata={
         "help": "prompt template (a name from diagnosis_zero.data.TEMPLATES) for the automatically "
@@ -357,6 +362,10 @@ def check_recipe(recipe: RecipeConfig) -> None:
         value = getattr(recipe, name)
         if value is not None and value < 1:
             raise ConfigError(name, f"must be at least 1 or null, got {value}")
+    if recipe.data is None and recipe.rarearena_file is not None \
+            and not Path(os.path.expanduser(recipe.rarearena_file)).is_file():
+        raise ConfigError("rarearena_file", f"file not found: {recipe.rarearena_file} (or pass --data with a "
+                          "folder from `diagnosis-zero prepare`)")
     if not 0.0 <= recipe.lora_dropout < 1.0:
         raise ConfigError("lora_dropout", f"must be in [0, 1), got {recipe.lora_dropout}")
 

@@ -16,7 +16,9 @@ Every configuration error is raised by `plan_run`, before any model is loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -225,20 +227,47 @@ def previous_run_files(output_dir: Path) -> list[str]:
 # ---------------------------------------------------------------- data
 
 def prepared_data_dir(recipe: configs.RecipeConfig) -> Path:
-    """Return the data folder: `recipe.data`, or HPO demo cases prepared once into the cache."""
+    """Return the data folder: `recipe.data`, or `recipe.rarearena_file` / HPO demo cases prepared once
+    into the cache (the main process prepares, the others wait and read it)."""
     if recipe.data is not None:
         return Path(os.path.expanduser(recipe.data))
     from diagnosis_zero import data, hpo_cases, models
 
     template = recipe.template or "r1-zero"
-    # The key covers all that changes the cases: count, seed, prompt, generator and hpo3 versions.
-    name = hpo_cases.cache_name(recipe.demo_cases, recipe.demo_seed, data.resolve_template(template))
-    target = models.cache_dir() / "data" / name
-    if not (target / "train.parquet").is_file() or not (target / "test.parquet").is_file():
-        logger.info("preparing %d HPO demo cases in %s", recipe.demo_cases, target)
-        data.prepare_hpo(target, num_cases=recipe.demo_cases, seed=recipe.demo_seed, template=template,
-                         progress=False)
+    template_text = data.resolve_template(template)
+    if recipe.rarearena_file is not None:
+        source = Path(os.path.expanduser(recipe.rarearena_file)).resolve()
+        stat = source.stat()
+        # The key covers all that changes the prepared cases: the file, the prompt, the length filter.
+        key = hashlib.sha256(json.dumps([str(source), stat.st_size, stat.st_mtime_ns, template_text,
+                                         recipe.max_prompt_tokens, recipe.model]).encode()).hexdigest()[:10]
+        target = models.cache_dir() / "data" / f"rarearena-{source.stem}-{key}"
+    else:
+        # The key covers all that changes the cases: count, seed, prompt, generator and hpo3 versions.
+        target = models.cache_dir() / "data" / hpo_cases.cache_name(recipe.demo_cases, recipe.demo_seed,
+                                                                     template_text)
+    with _main_process_first():
+        if not (target / "train.parquet").is_file() or not (target / "test.parquet").is_file():
+            if recipe.rarearena_file is not None:
+                logger.info("preparing %s in %s", source, target)
+                tokenizer = recipe.model if recipe.max_prompt_tokens is not None else None
+                summary = data.prepare_rarearena(source, target, template=template,
+                                                 max_prompt_tokens=recipe.max_prompt_tokens, tokenizer=tokenizer)
+                logger.info("prepared data:\n%s", summary.format())
+            else:
+                logger.info("preparing %d HPO demo cases in %s", recipe.demo_cases, target)
+                data.prepare_hpo(target, num_cases=recipe.demo_cases, seed=recipe.demo_seed, template=template,
+                                 progress=False)
     return target
+
+
+def _main_process_first():
+    """Under accelerate/torchrun, let the main process prepare the data while the others wait."""
+    if configs.world_size() == 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()
 
 
 def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConfig) -> list[dict]:
