@@ -108,10 +108,7 @@ def recipe_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(RecipeConfig)}
 
 
-# A recipe value that is already typed (YAML null, a mapping, a list for a field that is not a
-# flag list) cannot be written as command-line text; these are checked against the field's
-# annotation and set as they are. Everything else goes through the parser as text.
-_UNSET = object()
+_UNSET = object()  # a field that neither the recipe nor the command line set
 
 
 def _alternatives(annotation) -> set:
@@ -154,7 +151,7 @@ class _RecipeParser:
 
     TRL's parser gives every field its flag (`--learning-rate`/`--learning_rate`), types from the
     annotations, `choices` for enums and Literals, `--x [true|false]` for booleans and `--no-x` for
-    those that default to true, `nargs='+'` for lists. Two small additions keep recipe values
+    those that default to true, `nargs="+"` for lists. Three small additions keep recipe values
     expressible on the command line: mapping fields parse `'{key: value}'`, optional non-string
     fields take `null`, and a bare `--x` is true for `bool | None` fields too (`--bf16`).
     """
@@ -203,7 +200,12 @@ class _RecipeParser:
                               source)
 
     def recipe_tokens(self, mapping: dict, namespace: argparse.Namespace, source: str) -> list[str]:
-        """Return a recipe mapping as command-line tokens; set typed values that text cannot carry."""
+        """Return a recipe mapping as command-line tokens, so the parser types it as it types the command line.
+
+        A value that text cannot carry (YAML null, a mapping, a list for a field that is not a flag
+        list, such as `report_to: [tensorboard]`) is checked against the field's annotation and set
+        in `namespace` as it is.
+        """
         tokens: list[str] = []
         for key, value in mapping.items():
             name = str(key)
