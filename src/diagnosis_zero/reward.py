@@ -71,6 +71,10 @@ class RewardConfig:
         "help": "reward for an answer that is present but does not match (the original study: 0.1)"})
     no_answer_reward: float = field(default=0.0, metadata={
         "help": "reward when no non-empty <answer>...</answer> block is found (bad format; original: 0.0)"})
+    empty_answer_is_wrong: bool = field(default=False, metadata={
+        "help": "an empty or whitespace-only first <answer> block counts as a (wrong) answer and earns "
+                "wrong_reward, as in the original study, which never looks for a later block; off = it earns "
+                "no_answer_reward"})
     strict_format: bool = field(default=True, metadata={
         "help": "require the R1-Zero format: one <think>...</think> then exactly one <answer>...</answer> and "
                 "nothing after it; off = only an <answer> block is needed (the original study)"})
@@ -94,6 +98,15 @@ class RewardConfig:
     lexicon: str | None = field(default=None, metadata={
         "help": "path to Orphanet's en_product1.xml or RareArena's orphanet_hypernym.json: a prediction whose name "
                 "resolves to the ground truth's orpha_id (or a reference's code) matches (clinical method)"})
+    hierarchy: str | None = field(default=None, metadata={
+        "help": "path to RareArena's orphanet_hypernym.json: turns on Orphanet partial credit (clinical method) - "
+                "an answer naming a parent group of the case's orpha_id that holds at most partial_max_diseases "
+                "diseases earns partial_credit; broader groups, siblings and children earn nothing"})
+    partial_credit: float = field(default=0.3, metadata={
+        "help": "reward for naming a small Orphanet parent group (with hierarchy); must lie strictly between "
+                "wrong_reward and correct_reward"})
+    partial_max_diseases: int = field(default=10, metadata={
+        "help": "a parent group earns partial credit when its parent_disease_count is at most this (RareArena: 10)"})
     topk: int = field(default=0, metadata={
         "help": "top-k mode for the rarearena-top5 template: the answer is a ranked list and the first matching "
                 "item among the first k earns correct_reward * topk_rewards[rank-1]; 0 = single diagnosis"})
@@ -118,9 +131,13 @@ class RewardConfig:
         except (TypeError, ValueError):
             raise ConfigError("topk_rewards", f"must be a list of numbers, got {self.topk_rewards!r}") from None
         object.__setattr__(self, "topk_rewards", rewards)
-        if self.lexicon is not None:
-            object.__setattr__(self, "lexicon", os.fspath(self.lexicon))
-        for name in ("strict_format", "language_check"):
+        for name in ("lexicon", "hierarchy"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, os.fspath(getattr(self, name)))
+        if isinstance(self.partial_max_diseases, bool) or not isinstance(self.partial_max_diseases, int) \
+                or self.partial_max_diseases < 0:
+            raise ConfigError("partial_max_diseases", f"must be a non-negative integer, got {self.partial_max_diseases!r}")
+        for name in ("strict_format", "language_check", "empty_answer_is_wrong"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.max_answer_chars, bool) or not isinstance(self.max_answer_chars, int) \
@@ -128,11 +145,19 @@ class RewardConfig:
             raise ConfigError("max_answer_chars", f"must be a positive integer, got {self.max_answer_chars!r}")
         for name in ("correct_reward", "wrong_reward", "no_answer_reward", "missing_think_penalty",
                      "extra_answer_penalty", "answer_in_think_penalty", "unclosed_tag_penalty",
-                     "extra_text_penalty", "multiple_diagnoses_penalty", "language_penalty", "fuzzy_threshold"):
+                     "extra_text_penalty", "multiple_diagnoses_penalty", "language_penalty", "fuzzy_threshold",
+                     "partial_credit"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(name, f"must be a number, got {value!r}")
             object.__setattr__(self, name, float(value))
+        if self.hierarchy is not None:
+            if self.method != "clinical":  # the original preset is the study's reward exactly: no partial credit
+                raise ConfigError("hierarchy", "Orphanet partial credit needs method 'clinical' (the seed method "
+                                               "and the original preset never give it)")
+            if not self.wrong_reward < self.partial_credit < self.correct_reward:
+                raise ConfigError("partial_credit", f"must lie strictly between wrong_reward ({self.wrong_reward}) "
+                                                    f"and correct_reward ({self.correct_reward}), got {self.partial_credit}")
 
     def rank_reward(self, rank: int) -> float:
         """Return the fraction of `correct_reward` earned by the first match at 1-based `rank`."""
@@ -143,9 +168,10 @@ class RewardConfig:
 
 PRESETS: dict[str, RewardConfig] = {
     "clinical": RewardConfig(),
-    # The original study (REFERENCE.md section 1): seed matcher, 1.0/0.1/0.0, only <answer> needed.
+    # The original study (REFERENCE.md section 1): seed matcher, 1.0/0.1/0.0, only <answer> needed,
+    # and an empty first answer block is an answer (0.1).
     "original": RewardConfig(method="seed", correct_reward=1.0, wrong_reward=0.1, no_answer_reward=0.0,
-                             strict_format=False, language_check=False),
+                             strict_format=False, language_check=False, empty_answer_is_wrong=True),
 }
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(RewardConfig)}
@@ -449,7 +475,14 @@ def _drop_acronym_parens(text: str) -> str:
     inner = match.group(1).strip()
     outer = (text[:match.start()] + " " + text[match.end():]).strip()
     if _looks_like_acronym(inner):
-        return outer
+        # "NF1 (NF2)": an acronym with its own subtype number stays, so the number is never lost
+        designator = _ACRONYM_SHAPE.match(inner).group(2)
+        if designator is None:
+            return outer
+        # (no other parenthesis in `outer`: _normalize(outer) then cannot come back here)
+        if "(" not in outer and designator.lower() == _normalize(outer).acronym_designator:
+            return outer
+        return text
     if _looks_like_acronym(outer) and _acronym_of(outer, _normalize(inner)):
         return inner
     return text
@@ -498,6 +531,11 @@ def _normalize(name: str) -> _Name:
     tokens = text.split()
     if len(tokens) > 1 and tokens[0] in _ARTICLES:
         tokens = tokens[1:]
+    # "X NOS", "X, not otherwise specified": the qualifier says no subtype is known, so it is X itself
+    if len(tokens) > 3 and tokens[-3:] == ["not", "otherwise", "specified"]:
+        tokens = tokens[:-3]
+    elif len(tokens) > 1 and tokens[-1] == "nos":
+        tokens = tokens[:-1]
     # roman numerals and number words become digits where they designate a subtype
     for i, token in enumerate(tokens):
         after_word = i > 0 and tokens[i - 1] in _DESIGNATOR_WORDS
@@ -632,7 +670,45 @@ def _clinical_match(prediction: str, references: Sequence[str], lexicon: "Lexico
     if acronym is not None and any(_acronym_of(acronym, ref) for ref in refs):
         return True
     # 5. a spelling variant: same subtype, prefixes and qualifiers, not a broader name, close text
-    return any(_fuzzy_ratio(pred, ref, threshold) >= threshold for ref in refs)
+    if any(_fuzzy_ratio(pred, ref, threshold) >= threshold for ref in refs):
+        return True
+    # 6. a parenthetical after the name: "X type 2 (Y syndrome)", "Neurofibromatosis (NF2)"
+    return "(" in prediction and _parenthetical_match(prediction, references, lexicon, orpha_id, threshold)
+
+
+def _parenthetical_match(prediction: str, references: Sequence[str], lexicon: "Lexicon | None",
+                         orpha_id: str | None, threshold: float) -> bool:
+    """True when 'OUTER (INNER)' names a reference and neither part adds anything the reference lacks.
+
+    Either the name outside matches and the inner text (an eponym or synonym) brings no subtype,
+    prefix or qualifier the reference lacks ("X type 1 (X type 2)" never matches "X type 2"), or the
+    inner text matches and the name outside is made of the reference's own words: the reference
+    itself or a broader name of it ("Neurofibromatosis (NF2)"). So "A (B)" never pays for B when A
+    is another disease: it is no hedge between two diagnoses.
+    """
+    stripped = _strip_wrappers(prediction)
+    match = _PAREN.search(stripped)
+    if match is None or stripped.count("(") != 1:
+        return False
+    inner_text = match.group(1).strip()
+    outer_text = (stripped[:match.start()] + " " + stripped[match.end():]).strip()
+    inner, outer = _normalize(inner_text), _normalize(outer_text)
+    if not inner.key or not outer.key or _is_negated(inner_text) or _is_negated(outer_text):
+        return False
+    for reference in references:
+        ref = _normalize(reference)
+        if _adds_nothing(inner, ref) and _clinical_match(outer_text, [reference], lexicon, orpha_id, threshold):
+            return True
+        if set(outer.tokens) <= set(ref.tokens) and _clinical_match(inner_text, [reference], lexicon, orpha_id,
+                                                                    threshold):
+            return True
+    return False
+
+
+def _adds_nothing(inner: _Name, ref: _Name) -> bool:
+    """True when a parenthetical carries no subtype, prefix or qualifier that the reference lacks."""
+    return (set(inner.designators) <= set(ref.designators) and set(inner.prefixes) <= set(ref.prefixes)
+            and inner.qualifiers <= ref.qualifiers)
 
 
 def _fuzzy_ratio(pred: _Name, ref: _Name, threshold: float = 0.0) -> float:
@@ -834,6 +910,8 @@ class Hierarchy:
 
 
 _HIERARCHIES: dict[str, Hierarchy] = {}
+# Its own lock: load_lexicon holds _LEXICON_LOCK while it reads a hypernym file through load_hierarchy.
+_HIERARCHY_LOCK = threading.Lock()
 
 
 def load_hierarchy(path: str | os.PathLike) -> Hierarchy:
@@ -846,7 +924,7 @@ def load_hierarchy(path: str | os.PathLike) -> Hierarchy:
     hierarchy = _HIERARCHIES.get(key)
     if hierarchy is not None:
         return hierarchy
-    with _LEXICON_LOCK:
+    with _HIERARCHY_LOCK:
         hierarchy = _HIERARCHIES.get(key)
         if hierarchy is None:
             hierarchy = _HIERARCHIES[key] = _read_hierarchy(key, os.fspath(path))
@@ -1037,7 +1115,7 @@ def compute_score(data_source: Any = None, solution_str: Any = "", ground_truth:
     topk = config.topk or _topk_from_extra_info(extra_info)
     references, orpha_id = parse_ground_truth(ground_truth)
     result = _score(config, _as_text(solution_str), references, orpha_id, topk)
-    del result["level"], result["format_penalty"], result["language_penalty"]
+    del result["level"], result["partial"], result["format_penalty"], result["language_penalty"]
     return result
 
 
@@ -1097,10 +1175,15 @@ def _score(config: RewardConfig, text: str, references: list[str], orpha_id: str
     # The hacks of a strict format: a second answer, or an answer hidden in the reasoning, earn nothing.
     withheld = strict and (parsed.n_answer_blocks > 1 or parsed.answer_in_think)
     lexicon = load_lexicon(config.lexicon) if config.lexicon and config.method == "clinical" else None
+    parents = _partial_names(config.hierarchy, orpha_id, config.partial_max_diseases) \
+        if config.hierarchy and orpha_id else ()
 
     rank = 0
+    partial = 0  # 1-based rank of the first item naming a small parent group; 0 for none
     too_many = False
-    if not answer:
+    # the original pays wrong_reward for an empty first block: it is "present" (REFERENCE.md section 1)
+    has_answer = bool(answer) or (config.empty_answer_is_wrong and parsed.answer is not None)
+    if not has_answer:
         level = config.no_answer_reward
         pred = ""
     elif topk:
@@ -1111,24 +1194,38 @@ def _score(config: RewardConfig, text: str, references: list[str], orpha_id: str
                 if _matches(config, item, references, lexicon, orpha_id):
                     rank = position
                     break
+                if parents and not partial and _matches(config, item, parents, lexicon, None):
+                    partial = position
         level = config.correct_reward * config.rank_reward(rank) if rank else config.wrong_reward
+        if partial:  # a parent group above the right name must not pay less than dropping the right name
+            level = max(level, config.wrong_reward
+                        + (config.partial_credit - config.wrong_reward) * config.rank_reward(partial))
         pred = "\n".join(items[:topk])
     else:
         too_many = strict and (
             _answer_info(answer)[1] if len(answer) <= config.max_answer_chars else is_multiple_diagnoses(answer))
         if not withheld and _matches(config, answer, references, lexicon, orpha_id):
             rank = 1
-        level = config.correct_reward if rank else config.wrong_reward
+        elif not withheld and parents and _matches(config, answer, parents, lexicon, None):
+            partial = 1
+        level = config.correct_reward if rank else config.partial_credit if partial else config.wrong_reward
         pred = answer.lower() if config.method == "seed" else answer
 
     format_penalty = _format_penalty(config, parsed, too_many) if strict else 0.0
-    format_ok = parsed.format_ok and not too_many if strict else bool(answer)
+    format_ok = parsed.format_ok and not too_many if strict else has_answer
     language_penalty = config.language_penalty if config.language_check and mixed else 0.0
     # score = level - format_penalty - language_penalty; the parts are what the TRL functions return
     return {"score": float(level - format_penalty - language_penalty), "acc": int(rank > 0),
             "format": int(format_ok), "pred": pred[:MAX_PRED_CHARS], "think_present": int(parsed.think_present),
             "mixed_language": int(mixed), "rank": rank,
-            "level": level, "format_penalty": format_penalty, "language_penalty": language_penalty}
+            "level": level, "partial": int(partial > 0 and not rank), "format_penalty": format_penalty,
+            "language_penalty": language_penalty}
+
+
+@functools.lru_cache(maxsize=1 << 14)  # one entry per (file, case): O(1) after the first call
+def _partial_names(hierarchy: str, orpha_id: str, max_diseases: int) -> tuple[str, ...]:
+    """Return the names of `orpha_id`'s Orphanet parents holding at most `max_diseases` diseases."""
+    return tuple(dict.fromkeys(load_hierarchy(hierarchy).parents(orpha_id, max_diseases)))
 
 
 def _matches(config: RewardConfig, answer: str, references: list[str], lexicon: Lexicon | None,
@@ -1329,6 +1426,8 @@ def make_trl_reward_funcs(config: RewardConfig | None = None) -> tuple[list[Call
             log_metric("format_rate", sum(r["format"] for r in results) / n)
             log_metric("think_rate", sum(r["think_present"] for r in results) / n)
             log_metric("mixed_language_rate", sum(r["mixed_language"] for r in results) / n)
+            if config.hierarchy:
+                log_metric("partial_credit_rate", sum(r["partial"] for r in results) / n)
         return [r["level"] for r in results]
 
     def format_(prompts=None, completions=(), **columns) -> list[float]:
