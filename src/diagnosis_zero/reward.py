@@ -1222,6 +1222,24 @@ def _score(config: RewardConfig, text: str, references: list[str], orpha_id: str
             "language_penalty": language_penalty}
 
 
+def rule_grade(answer: Any, references: Any, orpha_id: Any = None, config: RewardConfig | None = None,
+               **overrides: Any) -> int:
+    """Return the rule's verdict on one answer on RareArena's judge scale: 2, 1 or 0.
+
+    2 = the answer names the diagnosis (the config's matcher and lexicon); 1 = it names a parent
+    group of `orpha_id` with at most `partial_max_diseases` diseases (only with a `hierarchy`);
+    0 = neither. Only the answer text is graded: format and language are not looked at.
+    """
+    config = resolve_config(config, **overrides) if config is not None or overrides else PRESETS["clinical"]
+    answer, names, orpha_id = _as_text(answer).strip(), _as_names(references), _as_orpha_id(orpha_id)
+    lexicon = load_lexicon(config.lexicon) if config.lexicon and config.method == "clinical" else None
+    if answer and _matches(config, answer, names, lexicon, orpha_id):
+        return 2
+    parents = _partial_names(config.hierarchy, orpha_id, config.partial_max_diseases) \
+        if config.hierarchy and orpha_id else ()
+    return 1 if answer and parents and _matches(config, answer, parents, lexicon, None) else 0
+
+
 @functools.lru_cache(maxsize=1 << 14)  # one entry per (file, case): O(1) after the first call
 def _partial_names(hierarchy: str, orpha_id: str, max_diseases: int) -> tuple[str, ...]:
     """Return the names of `orpha_id`'s Orphanet parents holding at most `max_diseases` diseases."""
