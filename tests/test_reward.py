@@ -728,3 +728,16 @@ def test_trl_adapter_in_a_real_trl_reward_call():
     assert is_conversational({"prompt": [{"role": "user", "content": "x"}], "completion": completions[0]})
     assert funcs[0](prompts=[[{"role": "user", "content": "x"}]], completions=completions,
                     reward_model=[{"ground_truth": TRUTH}]) == [1.0]
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    results = doctest.testmod(reward, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted >= 4 and results.failed == 0
+
+
+def test_public_names_are_exported_and_other_modules_find_theirs():
+    assert set(reward.__all__) <= set(dir(reward))
+    assert reward.OTHER_SCRIPT is reward._OTHER_SCRIPT
+    assert reward.OTHER_SCRIPT.search("诊断") and not reward.OTHER_SCRIPT.search("Ménière，β")

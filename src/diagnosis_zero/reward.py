@@ -1,18 +1,24 @@
-"""Rule-based rewards for rare-disease diagnosis: parse, normalise, match, language, score.
+"""Rule-based rewards for rare-disease diagnosis: `compute_score` and the TRL reward functions.
 
 One file, standard library only, so that verl can load it by path
 (`reward.custom_reward_function.path=.../reward.py`, `name=compute_score`) and TRL can import it.
-Read it top to bottom:
+It reads contract first:
 
-1. `RewardConfig` and `PRESETS`: the reward levels and switches (`clinical` default, `original`).
-2. `parse_completion`: one linear scan for the `<think>`/`<answer>` structure.
-3. `normalize_diagnosis`, `match_diagnosis`, `similarity`: the `seed` matcher (an exact copy of the
-   original study's) and the `clinical` matcher (normalisation, subtype guards, acronyms, lexicon).
-4. `load_lexicon`: Orphanet names and synonyms -> Orpha codes (`en_product1.xml` or
-   `orphanet_hypernym.json`), cached per path.
-5. `is_mixed_language`: other scripts, or whole sentences in another Latin-script language.
-6. `compute_score`: verl's custom-reward signature; always the same keys, scalar values.
-7. TRL adapters: `accuracy_reward`, `format_reward`, `language_reward`, `make_trl_reward_funcs`.
+1. The contract: `compute_score` (verl's signature; the same scalar keys on every call),
+   `rule_grade` (RareArena's 2/1/0 scale for one answer), `RewardConfig` and `PRESETS`
+   (`clinical` default, `original` = the study's reward exactly).
+2. The scoring core: levels, format penalties, language penalty, Orphanet partial credit.
+3. Adapters: `make_trl_reward_funcs` (accuracy, format, language; their weighted sum is the
+   score), `score_batch`, and the clinical preset's `accuracy_reward`, `format_reward`, `language_reward`.
+4. Parsing: `parse_completion` (one linear scan of `<think>`/`<answer>`), `parse_ranked_list`,
+   `parse_ground_truth`.
+5. Matching: the `seed` matcher (the original study's, reproduced exactly) and the `clinical`
+   matcher (`normalize_diagnosis`, `match_diagnosis`, `similarity`: subtype guards, acronyms,
+   parenthetical synonyms, NOS, lexicon).
+6. Orphanet: `load_lexicon` (names and synonyms -> codes) and `load_hierarchy` (parents), each
+   parsed once per process.
+7. Language: `is_mixed_language`.
+8. Vocabulary: every table and pattern the sections above read, in one place at the end.
 
 Everything here is a pure function of its arguments (plus caches guarded for threads) and runs in
 linear time: no backtracking regex ever sees unbounded text.
@@ -51,11 +57,93 @@ except ImportError:  # pragma: no cover - exercised by loading the file outside 
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("clinical", "seed")
+__all__ = [
+    # the contract
+    "compute_score", "rule_grade", "RewardConfig", "PRESETS", "resolve_config", "SCORE_KEYS", "METHODS",
+    "MAX_PARENT_DISEASES",
+    # adapters
+    "make_trl_reward_funcs", "score_batch", "accuracy_reward", "format_reward", "language_reward",
+    # parsing
+    "ParsedCompletion", "parse_completion", "extract_answer", "parse_ranked_list", "parse_ground_truth",
+    # matching
+    "match_diagnosis", "similarity", "seed_similarity", "normalize_diagnosis", "is_multiple_diagnoses",
+    # Orphanet
+    "Lexicon", "load_lexicon", "Hierarchy", "OrphanetEntity", "OrphanetParent", "load_hierarchy",
+    # language
+    "is_mixed_language", "OTHER_SCRIPT",
+]
+
 
 # ---------------------------------------------------------------------------------------------
-# 1. Configuration
+# 1. The contract: compute_score (verl's custom reward), rule_grade, RewardConfig and the presets
 # ---------------------------------------------------------------------------------------------
+
+SCORE_KEYS = ("score", "acc", "format", "pred", "think_present", "mixed_language", "rank")
+
+METHODS = ("clinical", "seed")
+
+MAX_PARENT_DISEASES = 10  # RareArena's updated protocol: a parent naming at most this many diseases
+
+MAX_PRED_CHARS = 2000  # `pred` is for logs; longer answers are cut there (the score uses all of it)
+
+
+def compute_score(data_source: Any = None, solution_str: Any = "", ground_truth: Any = None,
+                  extra_info: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """Return the reward of one completion and what it is made of (verl's custom reward signature).
+
+    Thread-safe and linear in the completion's length; verl calls it with keyword arguments.
+
+    Args:
+        data_source: the dataset's name (not used; verl passes it).
+        solution_str: the completion: a string, or TRL's [{"role": "assistant", "content": ...}].
+        ground_truth: {"diagnosis": [names], "orpha_id": code} (lists may be numpy arrays), its JSON
+            string, verl's whole `reward_model` dict, or a plain name or list of names.
+        extra_info: the row's extra_info; `topk` (or template "rarearena-top5") turns top-k mode on.
+        **kwargs: the config: `config=RewardConfig(...)`, `preset="clinical"|"original"`, and any
+            RewardConfig field (`method="seed"`, `topk=5`, `lexicon=PATH`, `hierarchy=PATH`,
+            `wrong_reward=0.0`, ...). Unknown names are ignored with one warning (verl adds its own).
+
+    Returns:
+        The same keys on every call, all scalars: `score` (float), `acc` (0/1: the diagnosis
+        matched; top-k: within the first k), `format` (0/1), `pred` (the answer, "" when none),
+        `think_present` (0/1), `mixed_language` (0/1) and `rank` (1-based rank of the first
+        matching item, 0 when none; 1 for a match in single mode).
+
+    Example:
+        >>> truth = {"diagnosis": ["Gaucher disease type 1"], "orpha_id": "77259"}
+        >>> compute_score("rare_arena", "<think>Splenomegaly, bone crises.</think>"
+        ...               "<answer>Type I Gaucher disease</answer>", truth)
+        {'score': 1.0, 'acc': 1, 'format': 1, 'pred': 'Type I Gaucher disease', 'think_present': 1, \
+'mixed_language': 0, 'rank': 1}
+        >>> compute_score("rare_arena", "<answer>Gaucher disease type 2</answer>", truth)["score"]  # no think
+        0.0
+        >>> compute_score("rare_arena", "<answer>Gaucher disease type 2</answer>", truth, preset="original")["score"]
+        1.0
+    """
+    config = _config_from_kwargs(kwargs)
+    topk = config.topk or _topk_from_extra_info(extra_info)
+    references, orpha_id = parse_ground_truth(ground_truth)
+    result = _score(config, _as_text(solution_str), references, orpha_id, topk)
+    del result["level"], result["partial"], result["format_penalty"], result["language_penalty"]
+    return result
+
+
+def rule_grade(answer: Any, references: Any, orpha_id: Any = None, config: "RewardConfig | None" = None,
+               **overrides: Any) -> int:
+    """Return the rule's verdict on one answer on RareArena's judge scale: 2, 1 or 0.
+
+    2 = the answer names the diagnosis (the config's matcher and lexicon); 1 = it names a parent
+    group of `orpha_id` with at most `partial_max_diseases` diseases (only with a `hierarchy`);
+    0 = neither. Only the answer text is graded: format and language are not looked at.
+    """
+    config = resolve_config(config, **overrides) if config is not None or overrides else PRESETS["clinical"]
+    answer, names, orpha_id = _as_text(answer).strip(), _as_names(references), _as_orpha_id(orpha_id)
+    lexicon = load_lexicon(config.lexicon) if config.lexicon and config.method == "clinical" else None
+    if answer and _matches(config, answer, names, lexicon, orpha_id):
+        return 2
+    parents = _partial_names(config.hierarchy, orpha_id, config.partial_max_diseases) \
+        if config.hierarchy and orpha_id else ()
+    return 1 if answer and parents and _matches(config, answer, parents, lexicon, None) else 0
 
 
 @dataclass(frozen=True)
@@ -105,7 +193,7 @@ class RewardConfig:
     partial_credit: float = field(default=0.3, metadata={
         "help": "reward for naming a small Orphanet parent group (with hierarchy); must lie strictly between "
                 "wrong_reward and correct_reward"})
-    partial_max_diseases: int = field(default=10, metadata={
+    partial_max_diseases: int = field(default=MAX_PARENT_DISEASES, metadata={
         "help": "a parent group earns partial credit when its parent_disease_count is at most this (RareArena: 10)"})
     topk: int = field(default=0, metadata={
         "help": "top-k mode for the rarearena-top5 template: the answer is a ranked list and the first matching "
@@ -165,7 +253,6 @@ class RewardConfig:
             return self.topk_rewards[rank - 1] if rank <= len(self.topk_rewards) else 0.0
         return 1.0 / rank
 
-
 PRESETS: dict[str, RewardConfig] = {
     "clinical": RewardConfig(),
     # The original study (REFERENCE.md section 1): seed matcher, 1.0/0.1/0.0, only <answer> needed,
@@ -175,6 +262,7 @@ PRESETS: dict[str, RewardConfig] = {
 }
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(RewardConfig)}
+
 # Keyword arguments that verl adds on its own; they say nothing about our reward.
 _VERL_EXTRA_KWARGS = {"reward_router_address", "reward_model_tokenizer"}
 
@@ -195,10 +283,261 @@ def resolve_config(config: RewardConfig | None = None, *, preset: str | None = N
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Parsing the completion
+# 2. The scoring core
+# ---------------------------------------------------------------------------------------------
+
+_CONFIG_CACHE: dict[Any, RewardConfig] = {}
+
+_warned_kwargs: set[str] = set()
+
+
+def _config_from_kwargs(kwargs: dict[str, Any]) -> RewardConfig:
+    if not kwargs:
+        return PRESETS["clinical"]
+    try:
+        cache_key = tuple(sorted((k, _freeze(v)) for k, v in kwargs.items()))
+        hash(cache_key)
+    except TypeError:
+        cache_key = None
+    config = _CONFIG_CACHE.get(cache_key) if cache_key is not None else None
+    if config is not None:
+        return config
+    overrides = dict(kwargs)
+    for name in list(overrides):
+        if name in _VERL_EXTRA_KWARGS:
+            overrides.pop(name)
+        elif name not in _CONFIG_FIELDS and name not in ("config", "preset"):
+            overrides.pop(name)
+            if name not in _warned_kwargs:
+                _warned_kwargs.add(name)
+                logger.warning("compute_score: ignoring unknown keyword argument %r", name)
+    config = resolve_config(overrides.pop("config", None), preset=overrides.pop("preset", None), **overrides)
+    if cache_key is not None and len(_CONFIG_CACHE) < 256:
+        _CONFIG_CACHE[cache_key] = config
+    return config
+
+
+def _freeze(value: Any) -> Any:
+    """Return a hashable copy of a kwarg value (verl passes OmegaConf lists and dicts)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _topk_from_extra_info(extra_info: Any) -> int:
+    if isinstance(extra_info, Mapping):
+        value = extra_info.get("topk")
+        if value is None and extra_info.get("template") == "rarearena-top5":
+            value = 5
+        try:
+            return max(0, int(value)) if value is not None else 0
+        except (TypeError, ValueError):
+            return 0
+    return 0
+
+
+def _score(config: RewardConfig, text: str, references: list[str], orpha_id: str | None,
+           topk: int) -> dict[str, Any]:
+    parsed = parse_completion(text)
+    mixed = is_mixed_language(text)
+    answer = parsed.answer or ""
+    strict = config.strict_format
+    # The hacks of a strict format: a second answer, or an answer hidden in the reasoning, earn nothing.
+    withheld = strict and (parsed.n_answer_blocks > 1 or parsed.answer_in_think)
+    lexicon = load_lexicon(config.lexicon) if config.lexicon and config.method == "clinical" else None
+    parents = _partial_names(config.hierarchy, orpha_id, config.partial_max_diseases) \
+        if config.hierarchy and orpha_id else ()
+
+    rank = 0
+    partial = 0  # 1-based rank of the first item naming a small parent group; 0 for none
+    too_many = False
+    # the original pays wrong_reward for an empty first block: it is "present" (REFERENCE.md section 1)
+    has_answer = bool(answer) or (config.empty_answer_is_wrong and parsed.answer is not None)
+    if not has_answer:
+        level = config.no_answer_reward
+        pred = ""
+    elif topk:
+        items = parse_ranked_list(answer)
+        too_many = len(items) > topk
+        if not withheld:
+            for position, item in enumerate(items[:topk], start=1):
+                if _matches(config, item, references, lexicon, orpha_id):
+                    rank = position
+                    break
+                if parents and not partial and _matches(config, item, parents, lexicon, None):
+                    partial = position
+        level = config.correct_reward * config.rank_reward(rank) if rank else config.wrong_reward
+        if partial:  # a parent group above the right name must not pay less than dropping the right name
+            level = max(level, config.wrong_reward
+                        + (config.partial_credit - config.wrong_reward) * config.rank_reward(partial))
+        pred = "\n".join(items[:topk])
+    else:
+        too_many = strict and (
+            _answer_info(answer)[1] if len(answer) <= config.max_answer_chars else is_multiple_diagnoses(answer))
+        if not withheld and _matches(config, answer, references, lexicon, orpha_id):
+            rank = 1
+        elif not withheld and parents and _matches(config, answer, parents, lexicon, None):
+            partial = 1
+        level = config.correct_reward if rank else config.partial_credit if partial else config.wrong_reward
+        pred = answer.lower() if config.method == "seed" else answer
+
+    format_penalty = _format_penalty(config, parsed, too_many) if strict else 0.0
+    format_ok = parsed.format_ok and not too_many if strict else has_answer
+    language_penalty = config.language_penalty if config.language_check and mixed else 0.0
+    # score = level - format_penalty - language_penalty; the parts are what the TRL functions return
+    return {"score": float(level - format_penalty - language_penalty), "acc": int(rank > 0),
+            "format": int(format_ok), "pred": pred[:MAX_PRED_CHARS], "think_present": int(parsed.think_present),
+            "mixed_language": int(mixed), "rank": rank,
+            "level": level, "partial": int(partial > 0 and not rank), "format_penalty": format_penalty,
+            "language_penalty": language_penalty}
+
+
+@functools.lru_cache(maxsize=1 << 14)  # one entry per (file, case): O(1) after the first call
+def _partial_names(hierarchy: str, orpha_id: str, max_diseases: int) -> tuple[str, ...]:
+    """Return the names of `orpha_id`'s Orphanet parents holding at most `max_diseases` diseases."""
+    return tuple(dict.fromkeys(load_hierarchy(hierarchy).parents(orpha_id, max_diseases)))
+
+
+def _matches(config: RewardConfig, answer: str, references: Sequence[str], lexicon: "Lexicon | None",
+             orpha_id: str | None) -> bool:
+    if config.method == "seed":
+        return _seed_match(answer, references)
+    if len(answer) > config.max_answer_chars or not references:
+        return False
+    return _clinical_match(answer, references, lexicon, orpha_id, config.fuzzy_threshold)
+
+
+def _format_penalty(config: RewardConfig, parsed: "ParsedCompletion", too_many: bool) -> float:
+    """Return the sum of the strict-format penalties that apply."""
+    penalty = 0.0
+    if not parsed.think_present:
+        penalty += config.missing_think_penalty
+    if parsed.n_answer_blocks > 1:
+        penalty += config.extra_answer_penalty
+    if parsed.answer_in_think:
+        penalty += config.answer_in_think_penalty
+    if parsed.unclosed_tags:
+        penalty += config.unclosed_tag_penalty
+    if parsed.extra_text:
+        penalty += config.extra_text_penalty
+    if too_many:
+        penalty += config.multiple_diagnoses_penalty
+    return penalty
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Adapters: TRL reward functions and batches
+# ---------------------------------------------------------------------------------------------
+
+_BATCH_CACHE: dict[Any, list[dict[str, Any]]] = {}
+
+_BATCH_LOCK = threading.Lock()
+
+
+def score_batch(completions: Sequence[Any], config: RewardConfig | None = None, **columns: Any
+                ) -> list[dict[str, Any]]:
+    """Return `compute_score`'s result, plus its `level`, `format_penalty` and `language_penalty`,
+    for each completion of a TRL batch (dataset columns as lists).
+
+    The ground truth comes from the `reward_model` column ({"ground_truth": ...}), or from a
+    `ground_truth` column. The last few batches are cached, so the accuracy, format and language
+    functions of one step score each completion once.
+    """
+    config = config or PRESETS["clinical"]
+    if "reward_model" in columns and columns["reward_model"] is not None:
+        truths = list(columns["reward_model"])
+    elif "ground_truth" in columns and columns["ground_truth"] is not None:
+        truths = list(columns["ground_truth"])
+    else:
+        raise ConfigError("reward_model", "the dataset needs a 'reward_model' (or 'ground_truth') column")
+    if len(truths) != len(completions):
+        raise ConfigError("reward_model", f"{len(truths)} ground truths for {len(completions)} completions")
+    extra_infos = columns.get("extra_info")
+    extra_infos = list(extra_infos) if extra_infos is not None else [None] * len(completions)
+    texts = [_completion_text(c) for c in completions]
+    key = (config, tuple(texts), tuple(map(_truth_key, truths)), tuple(map(_truth_key, extra_infos)))
+    with _BATCH_LOCK:
+        cached = _BATCH_CACHE.get(key)
+    if cached is not None:
+        return cached
+    results = []
+    for text, truth, info in zip(texts, truths, extra_infos, strict=True):
+        references, orpha_id = parse_ground_truth(truth)
+        topk = config.topk or _topk_from_extra_info(info)
+        results.append(_score(config, text, references, orpha_id, topk))
+    with _BATCH_LOCK:
+        if len(_BATCH_CACHE) >= 4:
+            _BATCH_CACHE.pop(next(iter(_BATCH_CACHE)))
+        _BATCH_CACHE[key] = results
+    return results
+
+
+def _truth_key(value: Any) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def make_trl_reward_funcs(config: RewardConfig | None = None) -> tuple[list[Callable[..., list[float]]], list[float]]:
+    """Return TRL reward functions (accuracy, format, language) and their `reward_weights`.
+
+    The weighted sum equals `compute_score(...)["score"]` for the same config: accuracy gives the
+    level (correct / wrong / no answer), format gives minus the format penalties, language minus
+    the language penalty. Their `__name__`s are 'accuracy', 'format' and 'language', which TRL logs
+    as `rewards/<name>/mean`. When TRL passes `log_metric`, the accuracy function also logs
+    `accuracy`, `format_rate`, `think_rate` and `mixed_language_rate` for the batch.
+    """
+    config = config or PRESETS["clinical"]
+
+    def accuracy(prompts=None, completions=(), **columns) -> list[float]:
+        results = score_batch(completions, config, **columns)
+        log_metric = columns.get("log_metric")
+        if callable(log_metric) and results:
+            n = len(results)
+            log_metric("accuracy", sum(r["acc"] for r in results) / n)
+            log_metric("format_rate", sum(r["format"] for r in results) / n)
+            log_metric("think_rate", sum(r["think_present"] for r in results) / n)
+            log_metric("mixed_language_rate", sum(r["mixed_language"] for r in results) / n)
+            if config.hierarchy:
+                log_metric("partial_credit_rate", sum(r["partial"] for r in results) / n)
+        return [r["level"] for r in results]
+
+    def format_(prompts=None, completions=(), **columns) -> list[float]:
+        return [-r["format_penalty"] for r in score_batch(completions, config, **columns)]
+
+    def language(prompts=None, completions=(), **columns) -> list[float]:
+        return [-r["language_penalty"] for r in score_batch(completions, config, **columns)]
+
+    format_.__name__ = format_.__qualname__ = "format"  # TRL logs rewards/format/mean
+    return [accuracy, format_, language], [1.0, 1.0, 1.0]
+
+
+def accuracy_reward(prompts=None, completions=(), **columns) -> list[float]:
+    """TRL reward: the clinical accuracy level per completion (1.0 correct, 0.1 wrong, 0.0 no answer)."""
+    return _DEFAULT_FUNCS[0](prompts, completions, **columns)
+
+
+def format_reward(prompts=None, completions=(), **columns) -> list[float]:
+    """TRL reward: minus the strict-format penalties per completion (0.0 for a clean R1-Zero format)."""
+    return _DEFAULT_FUNCS[1](prompts, completions, **columns)
+
+
+def language_reward(prompts=None, completions=(), **columns) -> list[float]:
+    """TRL reward: minus the language penalty for a completion that mixes in another language, else 0.0."""
+    return _DEFAULT_FUNCS[2](prompts, completions, **columns)
+
+_DEFAULT_FUNCS, _ = make_trl_reward_funcs(PRESETS["clinical"])
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Parsing: the completion, ranked lists, the ground truth
 # ---------------------------------------------------------------------------------------------
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 
 
@@ -209,7 +548,6 @@ class ParsedCompletion:
     answer: str | None  # stripped text of the first <answer>...</answer> block; None when there is none
     think_present: bool  # a non-empty <think>...</think> block
     answer_in_think: bool  # an <answer> tag inside the think block
-    n_think_blocks: int  # number of <think> tags
     n_answer_blocks: int  # number of complete <answer>...</answer> pairs (at most the tag counts)
     unclosed_tags: bool  # unbalanced, repeated or out-of-order tags
     trailing_text: str  # stripped text after the last </answer> or </think> ("" when none)
@@ -259,12 +597,9 @@ def parse_completion(text: str) -> ParsedCompletion:
     format_ok = (think_present and bool(answer) and not unclosed and not extra_text and not answer_in_think
                  and n_answer_blocks == 1)
     return ParsedCompletion(answer=answer, think_present=think_present, answer_in_think=answer_in_think,
-                            n_think_blocks=n_think_open, n_answer_blocks=n_answer_blocks,
+                            n_answer_blocks=n_answer_blocks,
                             unclosed_tags=bool(unclosed), trailing_text=trailing_text, extra_text=extra_text,
                             format_ok=format_ok)
-
-
-_NON_SPACE = re.compile(r"\S")
 
 
 def _is_blank(text: str, start: int, end: int) -> bool:
@@ -276,12 +611,6 @@ def extract_answer(text: str) -> str:
     """Return the stripped text of the first `<answer>...</answer>` block, or "" when there is none."""
     return parse_completion(text).answer or ""
 
-
-_LIST_MARKER = re.compile(r"^\s*(?:\(?\d{1,2}\s*[.):\]]|[-*\u2022])\s*")
-_INLINE_NUMBER = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+")
-# "1. Gaucher disease - splenomegaly and bone crises": a spaced dash starts the item's explanation
-# (names use unspaced hyphens: Charcot-Marie-Tooth).
-_ITEM_EXPLANATION = re.compile(r"\s[-\u2013\u2014]\s")
 MAX_LIST_ITEMS = 100  # more than this is not a ranked differential; parsing stops there
 
 
@@ -320,12 +649,103 @@ def parse_ranked_list(text: str) -> list[str]:
     return items
 
 
-# ---------------------------------------------------------------------------------------------
-# 3. Matching diagnoses
-# ---------------------------------------------------------------------------------------------
+def parse_ground_truth(ground_truth: Any) -> tuple[list[str], str | None]:
+    """Return (reference names, orpha_id) from a ground truth dict, JSON string, name or list of names.
 
-# --- seed: the original study's matcher, reproduced exactly --------------------------------------
-_SEED_WORDS = re.compile(r"\w+")
+    Accepts verl's `reward_model` dict too ({"ground_truth": {...}}). Lists may be numpy arrays
+    (parquet round-trips them so); they are read duck-typed, without importing numpy.
+    """
+    if isinstance(ground_truth, (bytes, bytearray)):
+        ground_truth = bytes(ground_truth).decode("utf-8", "replace")
+    if isinstance(ground_truth, str):
+        stripped = ground_truth.strip()
+        if stripped[:1] in ("{", "[", '"'):
+            try:
+                return parse_ground_truth(json.loads(stripped))
+            except (json.JSONDecodeError, RecursionError):
+                pass
+        return ([stripped] if stripped else []), None
+    if isinstance(ground_truth, Mapping):
+        if "ground_truth" in ground_truth and "diagnosis" not in ground_truth:
+            return parse_ground_truth(ground_truth["ground_truth"])
+        names = ground_truth.get("diagnosis", ground_truth.get("references"))
+        return _as_names(names), _as_orpha_id(ground_truth.get("orpha_id"))
+    return _as_names(ground_truth), None
+
+
+def _as_names(names: Any) -> list[str]:
+    if names is None:
+        return []
+    if isinstance(names, (str, bytes)):
+        names = [names]
+    elif hasattr(names, "tolist"):  # numpy array or scalar
+        names = names.tolist()
+        if not isinstance(names, list):
+            names = [names]
+    try:
+        names = list(names)
+    except TypeError:
+        names = [names]
+    out = []
+    for name in names:
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        if name is None or isinstance(name, (dict, list)):
+            continue
+        name = str(name).strip()
+        if name and name.lower() != "nan":
+            out.append(name)
+    return out
+
+
+def _as_orpha_id(orpha_id: Any) -> str | None:
+    if orpha_id is None:
+        return None
+    if hasattr(orpha_id, "item") and not isinstance(orpha_id, (str, bytes)):
+        try:
+            orpha_id = orpha_id.item()
+        except (ValueError, TypeError, AttributeError):
+            return None
+    if isinstance(orpha_id, float):
+        if orpha_id != orpha_id:  # NaN
+            return None
+        orpha_id = int(orpha_id) if orpha_id.is_integer() else orpha_id
+    text = str(orpha_id).strip()
+    if text.upper().startswith("ORPHA:"):
+        text = text[len("ORPHA:"):].strip()
+    return text or None
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, list):  # a conversational completion
+        return _completion_text(value)
+    return str(value)
+
+
+def _completion_text(completion: Any) -> str:
+    """Return the text of a completion: a string, or TRL's [{"role": "assistant", "content": ...}]."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        completion = [completion]
+    parts = []
+    for message in completion or []:
+        content = message.get("content", "") if isinstance(message, Mapping) else message
+        if isinstance(content, list):  # multimodal parts: [{"type": "text", "text": ...}]
+            content = "".join(p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content)
+        parts.append(content if isinstance(content, str) else _as_text(content))
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Matching: the seed matcher (the original's, exactly) and the clinical matcher
+# ---------------------------------------------------------------------------------------------
 
 
 def seed_similarity(prediction: str, reference: str) -> float:
@@ -354,87 +774,6 @@ def _seed_match(prediction: str, references: Sequence[str]) -> bool:
         if seed_similarity(pred, gold) > 0.8:
             return True
     return False
-
-
-# --- clinical: normalisation ---------------------------------------------------------------------
-_MARKDOWN = re.compile(r"[*_`#\"\u201c\u201d]+")
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
-# Phrases around the name that say "this is my answer" rather than name a disease.
-_LEADING_WRAPPER = re.compile(
-    r"^(?:(?:final|answer|dx|"
-    r"(?:(?:the|my|our)\s+)?(?:(?:final|most\s+likely|more\s+likely|likely|probable|primary|working|clinical|"
-    r"leading|presumptive|definitive)\s+)*diagnos[ie]s(?:\s+is)?|"
-    r"(?:this|it)\s+is(?:\s+(?:most\s+likely|likely|probably|consistent\s+with))?|"
-    r"(?:the\s+)?patient\s+(?:most\s+likely\s+|likely\s+|probably\s+)?(?:has|had)|"
-    r"(?:most\s+)?likely|probably|probable|suspected|presumed|possible|consistent\s+with|"
-    r"suggestive\s+of|compatible\s+with)\s*[:\-\u2013\u2014=]?\s*)+",
-    re.IGNORECASE)
-# Applied to the last 80 characters only, after trailing punctuation is gone: bounded work.
-_TRAILING_WRAPPER = re.compile(
-    r"(?:,?\s(?:is\s)?(?:the\s)?(?:most\slikely|likely|final|probable)\sdiagnosis|\sis\sthe\sdiagnosis)$",
-    re.IGNORECASE)
-_END_PUNCTUATION = " .!?;:,"
-_HEDGE_PAREN = re.compile(
-    r"\(\s*(?:(?:most|more|very)\s+)?(?:likely|probable|possible|suspected|favou?red)\s*\)", re.IGNORECASE)
-_NEGATION = re.compile(
-    r"^(?:not|no|without|unlikely|rule\sout|ruled\sout|r/o|excluded?|absence\sof|negative\sfor|cannot\sbe|"
-    r"there\sis\sno)\b|\b(?:is\sunlikely|ruled\sout|excluded|is\snot\slikely|not\slikely|is\snot\ssupported)$",
-    re.IGNORECASE)
-_MULTI_SEPARATOR = re.compile(
-    r";|\n|\b(?:or|versus|vs|differential)\b|[a-z0-9]{3} ?/ ?[a-z0-9]{3}", re.IGNORECASE)
-_NUMBERED_ITEM = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+\S")
-_PAREN = re.compile(r"\(([^()]{1,80})\)")
-_ACRONYM_SHAPE = re.compile(r"^([A-Za-z]{2,10})[-\s]?(\d{1,2}[A-Za-z]?)?$")
-_NON_ALNUM = re.compile(r"[^a-z0-9]+")
-_SPACES = re.compile(r"\s+")
-_POSSESSIVE = re.compile(r"(?<=\w)'s\b|(?<=s)'(?=\s|$)")
-# British -> American spelling, on whole normalised words (both sides get the same treatment).
-_SPELLING = [(re.compile(pattern), repl) for pattern, repl in [
-    (r"aem", "em"),                 # anaemia, leukaemia, haem-, ischaemic, hypokalaemic
-    (r"\boe(?=[a-z])", "e"),        # oedema, oesophageal, oestrogen
-    (r"(?<=rrh)oe", "e"),           # diarrhoea, amenorrhoea
-    (r"\bcoel", "cel"),             # coeliac
-    (r"\bfoet", "fet"),             # foetal
-    (r"paed", "ped"),               # paediatric, orthopaedic
-    (r"\baet", "et"),               # aetiology
-    (r"(?<=[gcf])aec", "ec"),       # gynaecology, caecum, faeces
-    (r"anaes", "anes"),             # anaesthesia
-    (r"\b(tum|col|behavi|hum|lab)our", r"\1or"),
-    (r"sulph", "sulf"),
-    (r"\bleuc", "leuk"),            # leucodystrophy, leucocyte
-    (r"ae", "e"),                   # remaining ae digraphs (haematoma -> hematoma handled above too)
-]]
-_TRANSLITERATE = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "ae", "ø": "o", "Ø": "o", "œ": "oe", "Œ": "oe",
-                                "ł": "l", "Ł": "l", "đ": "d", "Đ": "d", "ı": "i"})
-_GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "κ": "kappa", "λ": "lambda",
-          "μ": "mu", "θ": "theta", "ω": "omega", "σ": "sigma", "τ": "tau", "ζ": "zeta", "η": "eta"}
-_GREEK_RE = re.compile("[" + "".join(_GREEK) + "]")
-_ROMAN = {"i": "1", "ii": "2", "iii": "3", "iv": "4", "v": "5", "vi": "6", "vii": "7", "viii": "8", "ix": "9",
-          "x": "10", "xi": "11", "xii": "12", "xiii": "13", "xiv": "14", "xv": "15"}
-_WORD_NUMBERS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
-                 "eight": "8", "nine": "9", "ten": "10"}
-_ROMAN_WITH_LETTER = re.compile(r"^(i{1,3}|iv|vi{0,3}|ix|x)([a-e])$")
-_DESIGNATOR_WORDS = {"type", "subtype", "group", "class", "grade", "stage", "form", "factor", "phase",
-                     "variant", "complementation", "mody", "pattern"}
-_MOVABLE_DESIGNATOR_WORDS = {"type", "subtype"}
-_GENERIC_TAIL = {"disease", "syndrome", "disorder"}
-_ARTICLES = {"a", "an", "the"}
-# Prefixes that turn a disease into a different one (hypo- vs hyper-, non-Hodgkin vs Hodgkin).
-_PREFIXES = ("non", "pseudo", "hypo", "hyper", "intra", "extra", "micro", "macro", "poly", "mono", "uni", "bi",
-             "anti", "para", "post", "pre", "neo")
-# Modifiers whose presence or absence names another entity (acute vs chronic leukaemia).
-_QUALIFIERS = frozenset({
-    "acute", "chronic", "subacute", "early", "late", "infantile", "juvenile", "adult", "neonatal", "congenital",
-    "acquired", "dominant", "recessive", "linked", "x", "y", "primary", "secondary", "benign", "malignant",
-    "familial", "sporadic", "central", "peripheral", "left", "right", "unilateral", "bilateral", "partial",
-    "complete", "mild", "severe", "classic", "atypical", "isolated", "syndromic", "nonsyndromic", "focal",
-    "generalized", "diffuse", "localized", "systemic", "cutaneous", "ocular", "cerebral", "spinal", "renal",
-    "hepatic", "cardiac", "pulmonary", "male", "female", "maternal", "paternal", "hereditary", "idiopathic",
-    "transient", "permanent", "lethal", "perinatal", "prenatal", "childhood", "onset", "small",
-    "large", "giant", "b", "t", "nk"})
-# Words an acronym may skip (tetralogy of Fallot = TOF or TF; Niemann-Pick disease type C = NPC).
-_ACRONYM_OPTIONAL = frozenset({"of", "and", "with", "the", "to", "in", "due", "for", "on", "by", "a", "an",
-                               "disease", "syndrome", "disorder", "type"})
 
 
 @dataclass(frozen=True)
@@ -574,10 +913,7 @@ def normalize_diagnosis(name: str) -> str:
     order are normalised, and a lead-in such as "The most likely diagnosis is" is dropped:
     "Type II Gaucher's disease." and "gaucher disease type 2" both give "gaucher disease 2".
     """
-    try:
-        return _normalize(_as_text(name)[:10_000]).key
-    except RecursionError:  # pragma: no cover - defensive; nothing here recurses
-        return ""
+    return _normalize(_as_text(name)[:10_000]).key
 
 
 def _acronym_of(acronym: str, name: _Name) -> bool:
@@ -625,12 +961,8 @@ def is_multiple_diagnoses(answer: str) -> bool:
     return next(items, None) is not None and next(items, None) is not None
 
 
-def is_negated(answer: str) -> bool:
-    """True when an answer denies a diagnosis ("Not X", "X ruled out", "No evidence of X")."""
-    return _is_negated(_strip_wrappers(_as_text(answer)))
-
-
 def _is_negated(stripped: str) -> bool:
+    """True when an answer (wrappers stripped) denies a diagnosis ("Not X", "X ruled out")."""
     return bool(_NEGATION.match(stripped) or _NEGATION.search(stripped[-40:]))
 
 
@@ -778,7 +1110,7 @@ def similarity(prediction: str, references: Sequence[str], method: str = "clinic
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Lexicon: Orphanet names and synonyms -> Orpha codes
+# 6. Orphanet: the lexicon (names, synonyms -> codes) and the hierarchy (parents)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -797,8 +1129,8 @@ class Lexicon:
     def __len__(self) -> int:
         return len(self.names)
 
-
 _LEXICONS: dict[str, Lexicon] = {}
+
 _LEXICON_LOCK = threading.Lock()
 
 
@@ -864,9 +1196,6 @@ def _read_hypernym_json(path: str) -> list[tuple[str, str]]:
     return [(code, entity.name) for code, entity in load_hierarchy(path).entities.items()]
 
 
-MAX_PARENT_DISEASES = 10  # RareArena's updated protocol: a parent naming at most this many diseases
-
-
 @dataclass(frozen=True)
 class OrphanetParent:
     """One parent group of an Orphanet entity, as orphanet_hypernym.json lists it."""
@@ -908,8 +1237,8 @@ class Hierarchy:
     def __len__(self) -> int:
         return len(self.entities)
 
-
 _HIERARCHIES: dict[str, Hierarchy] = {}
+
 # Its own lock: load_lexicon holds _LEXICON_LOCK while it reads a hypernym file through load_hierarchy.
 _HIERARCHY_LOCK = threading.Lock()
 
@@ -968,47 +1297,17 @@ def _read_hierarchy(path: str, shown: str) -> Hierarchy:
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Language consistency
+# 7. Language consistency
 # ---------------------------------------------------------------------------------------------
 
-# Letters of scripts that never appear in English clinical text: Cyrillic, Armenian, Hebrew, Arabic,
-# Devanagari, Bengali, Thai, Georgian, Hangul, kana, CJK ideographs. (Full-width punctuation such as
-# '，' alone is not a language.)
-_OTHER_SCRIPT = re.compile(
-    "[\u0400-\u052f\u0531-\u0587\u05d0-\u05ea\u0620-\u064a\u066e-\u06d3\u0750-\u077f\u0904-\u0939"
-    "\u0985-\u09b9\u0e01-\u0e30\u10a0-\u10ff\u1100-\u11ff\u3041-\u3096\u30a1-\u30fa\u3105-\u312f"
-    "\u3131-\u318e\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-# Greek letters are medical symbols (β-thalassemia, κ light chains); a run of three is a Greek word.
-_GREEK_LETTER = re.compile("[\u0370-\u03ff\u1f00-\u1fff]")
-_GREEK_WORD = re.compile("[\u0370-\u03ff\u1f00-\u1fff]{3,}")
-_WORDS = re.compile(r"[^\W\d_]+")
-# Function words of Spanish, French, Italian, Portuguese, German and Dutch that English medical
-# text does not use (so: not 'a', 'in', 'die', 'per', 'non', 'von', 'van', 'do', 'as').
-_FOREIGN_TEXT = """
-el los las del que y con por una es se su sus como más pero también sin desde hace tiene muy este esta fue
-al lo para entre según cuando donde hay
-le les des du et est une dans pour avec pas sur qui au aux ce cette sont été très mais ou il elle nous
-della delle di che è sono nel gli il dei degli alla anche più questo questa ha
-não uma com em os das dos ao pelo pela também foi são
-der das und ist nicht mit ein eine einer den dem zu auf bei wird sich im auch oder wurde sind
-het een niet met op zijn voor ook wordt naar
-"""
-_ENGLISH_TEXT = """
-the and of with is was were in to for on by this that are be been has have had which from an a as at it its
-or not no but may can also these there their than after before into patient patients we our should would
-"""
-_FOREIGN_WORDS = frozenset(_FOREIGN_TEXT.split())
-_ENGLISH_WORDS = frozenset(_ENGLISH_TEXT.split())
-_ACCENTED = re.compile("[\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff]")
-_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 _BLOCK = 2048  # characters screened at a time
+
 _MAX_BLOCKS = 24  # candidate blocks examined per text: bounded work, however long the text
-_LANGID_LANGUAGES = ["en", "la", "es", "fr", "de", "it", "pt", "nl", "ca", "ro", "sv", "da", "no", "pl", "cs",
-                     "sk", "sl", "hr", "tr", "id", "ms", "vi", "tl", "fi", "hu", "et", "lv", "lt", "eu", "gl",
-                     "af", "sw"]
-_NOT_FOREIGN = {"en", "la"}  # Latin phrases (situs inversus, in situ) are medical English
+
 _langid: Any = None
+
 _langid_loaded = False
+
 _LANGID_LOCK = threading.Lock()
 
 
@@ -1088,389 +1387,170 @@ def _is_foreign_sentence(sentence: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. compute_score: verl's custom reward signature
+# 8. Vocabulary: the tables and patterns the parser, the matchers and the language check read
 # ---------------------------------------------------------------------------------------------
 
-SCORE_KEYS = ("score", "acc", "format", "pred", "think_present", "mixed_language", "rank")
-MAX_PRED_CHARS = 2000  # `pred` is for logs; longer answers are cut there (the score uses all of it)
-_CONFIG_CACHE: dict[Any, RewardConfig] = {}
-_warned_kwargs: set[str] = set()
+_NON_SPACE = re.compile(r"\S")
 
+_LIST_MARKER = re.compile(r"^\s*(?:\(?\d{1,2}\s*[.):\]]|[-*\u2022])\s*")
 
-def compute_score(data_source: Any = None, solution_str: Any = "", ground_truth: Any = None,
-                  extra_info: Any = None, **kwargs: Any) -> dict[str, Any]:
-    """Score one completion (verl's custom reward: keyword arguments, called from threads).
+_INLINE_NUMBER = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+")
 
-    Returns the same keys on every call, all scalars:
-    `score` (float), `acc` (0/1: the diagnosis matched; top-k: within the first k), `format` (0/1),
-    `pred` (the answer, "" when none), `think_present` (0/1), `mixed_language` (0/1) and `rank`
-    (1-based rank of the first matching item, 0 when none; 1 for a match in single mode).
+# "1. Gaucher disease - splenomegaly and bone crises": a spaced dash starts the item's explanation
+# (names use unspaced hyphens: Charcot-Marie-Tooth).
+_ITEM_EXPLANATION = re.compile(r"\s[-\u2013\u2014]\s")
 
-    `ground_truth` is {"diagnosis": [...], "orpha_id": ...} (lists may be numpy arrays), its JSON
-    string, or a plain name or list of names. kwargs select the config: `config=RewardConfig(...)`,
-    `preset="clinical"|"original"`, and any RewardConfig field (`method="seed"`, `topk=5`,
-    `lexicon=PATH`, `wrong_reward=0.0`, ...). `extra_info["topk"]` also turns top-k mode on.
-    """
-    config = _config_from_kwargs(kwargs)
-    topk = config.topk or _topk_from_extra_info(extra_info)
-    references, orpha_id = parse_ground_truth(ground_truth)
-    result = _score(config, _as_text(solution_str), references, orpha_id, topk)
-    del result["level"], result["partial"], result["format_penalty"], result["language_penalty"]
-    return result
+_SEED_WORDS = re.compile(r"\w+")
 
+_MARKDOWN = re.compile(r"[*_`#\"\u201c\u201d]+")
 
-def _config_from_kwargs(kwargs: dict[str, Any]) -> RewardConfig:
-    if not kwargs:
-        return PRESETS["clinical"]
-    try:
-        cache_key = tuple(sorted((k, _freeze(v)) for k, v in kwargs.items()))
-        hash(cache_key)
-    except TypeError:
-        cache_key = None
-    config = _CONFIG_CACHE.get(cache_key) if cache_key is not None else None
-    if config is not None:
-        return config
-    overrides = dict(kwargs)
-    for name in list(overrides):
-        if name in _VERL_EXTRA_KWARGS:
-            overrides.pop(name)
-        elif name not in _CONFIG_FIELDS and name not in ("config", "preset"):
-            overrides.pop(name)
-            if name not in _warned_kwargs:
-                _warned_kwargs.add(name)
-                logger.warning("compute_score: ignoring unknown keyword argument %r", name)
-    config = resolve_config(overrides.pop("config", None), preset=overrides.pop("preset", None), **overrides)
-    if cache_key is not None and len(_CONFIG_CACHE) < 256:
-        _CONFIG_CACHE[cache_key] = config
-    return config
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 
+# Phrases around the name that say "this is my answer" rather than name a disease.
+_LEADING_WRAPPER = re.compile(
+    r"^(?:(?:final|answer|dx|"
+    r"(?:(?:the|my|our)\s+)?(?:(?:final|most\s+likely|more\s+likely|likely|probable|primary|working|clinical|"
+    r"leading|presumptive|definitive)\s+)*diagnos[ie]s(?:\s+is)?|"
+    r"(?:this|it)\s+is(?:\s+(?:most\s+likely|likely|probably|consistent\s+with))?|"
+    r"(?:the\s+)?patient\s+(?:most\s+likely\s+|likely\s+|probably\s+)?(?:has|had)|"
+    r"(?:most\s+)?likely|probably|probable|suspected|presumed|possible|consistent\s+with|"
+    r"suggestive\s+of|compatible\s+with)\s*[:\-\u2013\u2014=]?\s*)+",
+    re.IGNORECASE)
 
-def _freeze(value: Any) -> Any:
-    """Return a hashable copy of a kwarg value (verl passes OmegaConf lists and dicts)."""
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return tuple(_freeze(v) for v in value)
-    return value
+# Applied to the last 80 characters only, after trailing punctuation is gone: bounded work.
+_TRAILING_WRAPPER = re.compile(
+    r"(?:,?\s(?:is\s)?(?:the\s)?(?:most\slikely|likely|final|probable)\sdiagnosis|\sis\sthe\sdiagnosis)$",
+    re.IGNORECASE)
 
+_END_PUNCTUATION = " .!?;:,"
 
-def _topk_from_extra_info(extra_info: Any) -> int:
-    if isinstance(extra_info, Mapping):
-        value = extra_info.get("topk")
-        if value is None and extra_info.get("template") == "rarearena-top5":
-            value = 5
-        try:
-            return max(0, int(value)) if value is not None else 0
-        except (TypeError, ValueError):
-            return 0
-    return 0
+_HEDGE_PAREN = re.compile(
+    r"\(\s*(?:(?:most|more|very)\s+)?(?:likely|probable|possible|suspected|favou?red)\s*\)", re.IGNORECASE)
 
+_NEGATION = re.compile(
+    r"^(?:not|no|without|unlikely|rule\sout|ruled\sout|r/o|excluded?|absence\sof|negative\sfor|cannot\sbe|"
+    r"there\sis\sno)\b|\b(?:is\sunlikely|ruled\sout|excluded|is\snot\slikely|not\slikely|is\snot\ssupported)$",
+    re.IGNORECASE)
 
-def _score(config: RewardConfig, text: str, references: list[str], orpha_id: str | None,
-           topk: int) -> dict[str, Any]:
-    parsed = parse_completion(text)
-    mixed = is_mixed_language(text)
-    answer = parsed.answer or ""
-    strict = config.strict_format
-    # The hacks of a strict format: a second answer, or an answer hidden in the reasoning, earn nothing.
-    withheld = strict and (parsed.n_answer_blocks > 1 or parsed.answer_in_think)
-    lexicon = load_lexicon(config.lexicon) if config.lexicon and config.method == "clinical" else None
-    parents = _partial_names(config.hierarchy, orpha_id, config.partial_max_diseases) \
-        if config.hierarchy and orpha_id else ()
+_MULTI_SEPARATOR = re.compile(
+    r";|\n|\b(?:or|versus|vs|differential)\b|[a-z0-9]{3} ?/ ?[a-z0-9]{3}", re.IGNORECASE)
 
-    rank = 0
-    partial = 0  # 1-based rank of the first item naming a small parent group; 0 for none
-    too_many = False
-    # the original pays wrong_reward for an empty first block: it is "present" (REFERENCE.md section 1)
-    has_answer = bool(answer) or (config.empty_answer_is_wrong and parsed.answer is not None)
-    if not has_answer:
-        level = config.no_answer_reward
-        pred = ""
-    elif topk:
-        items = parse_ranked_list(answer)
-        too_many = len(items) > topk
-        if not withheld:
-            for position, item in enumerate(items[:topk], start=1):
-                if _matches(config, item, references, lexicon, orpha_id):
-                    rank = position
-                    break
-                if parents and not partial and _matches(config, item, parents, lexicon, None):
-                    partial = position
-        level = config.correct_reward * config.rank_reward(rank) if rank else config.wrong_reward
-        if partial:  # a parent group above the right name must not pay less than dropping the right name
-            level = max(level, config.wrong_reward
-                        + (config.partial_credit - config.wrong_reward) * config.rank_reward(partial))
-        pred = "\n".join(items[:topk])
-    else:
-        too_many = strict and (
-            _answer_info(answer)[1] if len(answer) <= config.max_answer_chars else is_multiple_diagnoses(answer))
-        if not withheld and _matches(config, answer, references, lexicon, orpha_id):
-            rank = 1
-        elif not withheld and parents and _matches(config, answer, parents, lexicon, None):
-            partial = 1
-        level = config.correct_reward if rank else config.partial_credit if partial else config.wrong_reward
-        pred = answer.lower() if config.method == "seed" else answer
+_NUMBERED_ITEM = re.compile(r"(?:^|\s)\(?\d{1,2}[.)]\s+\S")
 
-    format_penalty = _format_penalty(config, parsed, too_many) if strict else 0.0
-    format_ok = parsed.format_ok and not too_many if strict else has_answer
-    language_penalty = config.language_penalty if config.language_check and mixed else 0.0
-    # score = level - format_penalty - language_penalty; the parts are what the TRL functions return
-    return {"score": float(level - format_penalty - language_penalty), "acc": int(rank > 0),
-            "format": int(format_ok), "pred": pred[:MAX_PRED_CHARS], "think_present": int(parsed.think_present),
-            "mixed_language": int(mixed), "rank": rank,
-            "level": level, "partial": int(partial > 0 and not rank), "format_penalty": format_penalty,
-            "language_penalty": language_penalty}
+_PAREN = re.compile(r"\(([^()]{1,80})\)")
 
+_ACRONYM_SHAPE = re.compile(r"^([A-Za-z]{2,10})[-\s]?(\d{1,2}[A-Za-z]?)?$")
 
-def rule_grade(answer: Any, references: Any, orpha_id: Any = None, config: RewardConfig | None = None,
-               **overrides: Any) -> int:
-    """Return the rule's verdict on one answer on RareArena's judge scale: 2, 1 or 0.
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
-    2 = the answer names the diagnosis (the config's matcher and lexicon); 1 = it names a parent
-    group of `orpha_id` with at most `partial_max_diseases` diseases (only with a `hierarchy`);
-    0 = neither. Only the answer text is graded: format and language are not looked at.
-    """
-    config = resolve_config(config, **overrides) if config is not None or overrides else PRESETS["clinical"]
-    answer, names, orpha_id = _as_text(answer).strip(), _as_names(references), _as_orpha_id(orpha_id)
-    lexicon = load_lexicon(config.lexicon) if config.lexicon and config.method == "clinical" else None
-    if answer and _matches(config, answer, names, lexicon, orpha_id):
-        return 2
-    parents = _partial_names(config.hierarchy, orpha_id, config.partial_max_diseases) \
-        if config.hierarchy and orpha_id else ()
-    return 1 if answer and parents and _matches(config, answer, parents, lexicon, None) else 0
+_SPACES = re.compile(r"\s+")
 
+_POSSESSIVE = re.compile(r"(?<=\w)'s\b|(?<=s)'(?=\s|$)")
 
-@functools.lru_cache(maxsize=1 << 14)  # one entry per (file, case): O(1) after the first call
-def _partial_names(hierarchy: str, orpha_id: str, max_diseases: int) -> tuple[str, ...]:
-    """Return the names of `orpha_id`'s Orphanet parents holding at most `max_diseases` diseases."""
-    return tuple(dict.fromkeys(load_hierarchy(hierarchy).parents(orpha_id, max_diseases)))
+# British -> American spelling, on whole normalised words (both sides get the same treatment).
+_SPELLING = [(re.compile(pattern), repl) for pattern, repl in [
+    (r"aem", "em"),                 # anaemia, leukaemia, haem-, ischaemic, hypokalaemic
+    (r"\boe(?=[a-z])", "e"),        # oedema, oesophageal, oestrogen
+    (r"(?<=rrh)oe", "e"),           # diarrhoea, amenorrhoea
+    (r"\bcoel", "cel"),             # coeliac
+    (r"\bfoet", "fet"),             # foetal
+    (r"paed", "ped"),               # paediatric, orthopaedic
+    (r"\baet", "et"),               # aetiology
+    (r"(?<=[gcf])aec", "ec"),       # gynaecology, caecum, faeces
+    (r"anaes", "anes"),             # anaesthesia
+    (r"\b(tum|col|behavi|hum|lab)our", r"\1or"),
+    (r"sulph", "sulf"),
+    (r"\bleuc", "leuk"),            # leucodystrophy, leucocyte
+    (r"ae", "e"),                   # remaining ae digraphs (haematoma -> hematoma handled above too)
+]]
 
+_TRANSLITERATE = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "ae", "ø": "o", "Ø": "o", "œ": "oe", "Œ": "oe",
+                                "ł": "l", "Ł": "l", "đ": "d", "Đ": "d", "ı": "i"})
 
-def _matches(config: RewardConfig, answer: str, references: list[str], lexicon: Lexicon | None,
-             orpha_id: str | None) -> bool:
-    if config.method == "seed":
-        return _seed_match(answer, references)
-    if len(answer) > config.max_answer_chars or not references:
-        return False
-    return _clinical_match(answer, references, lexicon, orpha_id, config.fuzzy_threshold)
+_GREEK = {"α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta", "ε": "epsilon", "κ": "kappa", "λ": "lambda",
+          "μ": "mu", "θ": "theta", "ω": "omega", "σ": "sigma", "τ": "tau", "ζ": "zeta", "η": "eta"}
 
+_GREEK_RE = re.compile("[" + "".join(_GREEK) + "]")
 
-def _format_penalty(config: RewardConfig, parsed: ParsedCompletion, too_many: bool) -> float:
-    """Return the sum of the strict-format penalties that apply."""
-    penalty = 0.0
-    if not parsed.think_present:
-        penalty += config.missing_think_penalty
-    if parsed.n_answer_blocks > 1:
-        penalty += config.extra_answer_penalty
-    if parsed.answer_in_think:
-        penalty += config.answer_in_think_penalty
-    if parsed.unclosed_tags:
-        penalty += config.unclosed_tag_penalty
-    if parsed.extra_text:
-        penalty += config.extra_text_penalty
-    if too_many:
-        penalty += config.multiple_diagnoses_penalty
-    return penalty
+_ROMAN = {"i": "1", "ii": "2", "iii": "3", "iv": "4", "v": "5", "vi": "6", "vii": "7", "viii": "8", "ix": "9",
+          "x": "10", "xi": "11", "xii": "12", "xiii": "13", "xiv": "14", "xv": "15"}
 
+_WORD_NUMBERS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+                 "eight": "8", "nine": "9", "ten": "10"}
 
-# --- ground truth: dicts, JSON strings, numpy arrays -----------------------------------------------
+_ROMAN_WITH_LETTER = re.compile(r"^(i{1,3}|iv|vi{0,3}|ix|x)([a-e])$")
 
+_DESIGNATOR_WORDS = {"type", "subtype", "group", "class", "grade", "stage", "form", "factor", "phase",
+                     "variant", "complementation", "mody", "pattern"}
 
-def parse_ground_truth(ground_truth: Any) -> tuple[list[str], str | None]:
-    """Return (reference names, orpha_id) from a ground truth dict, JSON string, name or list of names.
+_MOVABLE_DESIGNATOR_WORDS = {"type", "subtype"}
 
-    Accepts verl's `reward_model` dict too ({"ground_truth": {...}}). Lists may be numpy arrays
-    (parquet round-trips them so); they are read duck-typed, without importing numpy.
-    """
-    if isinstance(ground_truth, (bytes, bytearray)):
-        ground_truth = bytes(ground_truth).decode("utf-8", "replace")
-    if isinstance(ground_truth, str):
-        stripped = ground_truth.strip()
-        if stripped[:1] in ("{", "[", '"'):
-            try:
-                return parse_ground_truth(json.loads(stripped))
-            except (json.JSONDecodeError, RecursionError):
-                pass
-        return ([stripped] if stripped else []), None
-    if isinstance(ground_truth, Mapping):
-        if "ground_truth" in ground_truth and "diagnosis" not in ground_truth:
-            return parse_ground_truth(ground_truth["ground_truth"])
-        names = ground_truth.get("diagnosis", ground_truth.get("references"))
-        return _as_names(names), _as_orpha_id(ground_truth.get("orpha_id"))
-    return _as_names(ground_truth), None
+_GENERIC_TAIL = {"disease", "syndrome", "disorder"}
 
+_ARTICLES = {"a", "an", "the"}
 
-def _as_names(names: Any) -> list[str]:
-    if names is None:
-        return []
-    if isinstance(names, (str, bytes)):
-        names = [names]
-    elif hasattr(names, "tolist"):  # numpy array or scalar
-        names = names.tolist()
-        if not isinstance(names, list):
-            names = [names]
-    try:
-        names = list(names)
-    except TypeError:
-        names = [names]
-    out = []
-    for name in names:
-        if isinstance(name, bytes):
-            name = name.decode("utf-8", "replace")
-        if name is None or isinstance(name, (dict, list)):
-            continue
-        name = str(name).strip()
-        if name and name.lower() != "nan":
-            out.append(name)
-    return out
+# Prefixes that turn a disease into a different one (hypo- vs hyper-, non-Hodgkin vs Hodgkin).
+_PREFIXES = ("non", "pseudo", "hypo", "hyper", "intra", "extra", "micro", "macro", "poly", "mono", "uni", "bi",
+             "anti", "para", "post", "pre", "neo")
 
+# Modifiers whose presence or absence names another entity (acute vs chronic leukaemia).
+_QUALIFIERS = frozenset({
+    "acute", "chronic", "subacute", "early", "late", "infantile", "juvenile", "adult", "neonatal", "congenital",
+    "acquired", "dominant", "recessive", "linked", "x", "y", "primary", "secondary", "benign", "malignant",
+    "familial", "sporadic", "central", "peripheral", "left", "right", "unilateral", "bilateral", "partial",
+    "complete", "mild", "severe", "classic", "atypical", "isolated", "syndromic", "nonsyndromic", "focal",
+    "generalized", "diffuse", "localized", "systemic", "cutaneous", "ocular", "cerebral", "spinal", "renal",
+    "hepatic", "cardiac", "pulmonary", "male", "female", "maternal", "paternal", "hereditary", "idiopathic",
+    "transient", "permanent", "lethal", "perinatal", "prenatal", "childhood", "onset", "small",
+    "large", "giant", "b", "t", "nk"})
 
-def _as_orpha_id(orpha_id: Any) -> str | None:
-    if orpha_id is None:
-        return None
-    if hasattr(orpha_id, "item") and not isinstance(orpha_id, (str, bytes)):
-        try:
-            orpha_id = orpha_id.item()
-        except (ValueError, TypeError, AttributeError):
-            return None
-    if isinstance(orpha_id, float):
-        if orpha_id != orpha_id:  # NaN
-            return None
-        orpha_id = int(orpha_id) if orpha_id.is_integer() else orpha_id
-    text = str(orpha_id).strip()
-    if text.upper().startswith("ORPHA:"):
-        text = text[len("ORPHA:"):].strip()
-    return text or None
+# Words an acronym may skip (tetralogy of Fallot = TOF or TF; Niemann-Pick disease type C = NPC).
+_ACRONYM_OPTIONAL = frozenset({"of", "and", "with", "the", "to", "in", "due", "for", "on", "by", "a", "an",
+                               "disease", "syndrome", "disorder", "type"})
 
+# Letters of scripts that never appear in English clinical text: Cyrillic, Armenian, Hebrew, Arabic,
+# Devanagari, Bengali, Thai, Georgian, Hangul, kana, CJK ideographs. (Full-width punctuation such as
+# '，' alone is not a language.)
+_OTHER_SCRIPT = re.compile(
+    "[\u0400-\u052f\u0531-\u0587\u05d0-\u05ea\u0620-\u064a\u066e-\u06d3\u0750-\u077f\u0904-\u0939"
+    "\u0985-\u09b9\u0e01-\u0e30\u10a0-\u10ff\u1100-\u11ff\u3041-\u3096\u30a1-\u30fa\u3105-\u312f"
+    "\u3131-\u318e\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+OTHER_SCRIPT = _OTHER_SCRIPT  # public: browse highlights exactly what is_mixed_language flags
 
-def _as_text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, list):  # a conversational completion
-        return _completion_text(value)
-    return str(value)
+# Greek letters are medical symbols (β-thalassemia, κ light chains); a run of three is a Greek word.
+_GREEK_LETTER = re.compile("[\u0370-\u03ff\u1f00-\u1fff]")
 
+_GREEK_WORD = re.compile("[\u0370-\u03ff\u1f00-\u1fff]{3,}")
 
-# ---------------------------------------------------------------------------------------------
-# 7. TRL adapters: (prompts, completions, **dataset_columns) -> list[float]
-# ---------------------------------------------------------------------------------------------
+_WORDS = re.compile(r"[^\W\d_]+")
 
+# Function words of Spanish, French, Italian, Portuguese, German and Dutch that English medical
+# text does not use (so: not 'a', 'in', 'die', 'per', 'non', 'von', 'van', 'do', 'as').
+_FOREIGN_TEXT = """
+el los las del que y con por una es se su sus como más pero también sin desde hace tiene muy este esta fue
+al lo para entre según cuando donde hay
+le les des du et est une dans pour avec pas sur qui au aux ce cette sont été très mais ou il elle nous
+della delle di che è sono nel gli il dei degli alla anche più questo questa ha
+não uma com em os das dos ao pelo pela também foi são
+der das und ist nicht mit ein eine einer den dem zu auf bei wird sich im auch oder wurde sind
+het een niet met op zijn voor ook wordt naar
+"""
 
-def _completion_text(completion: Any) -> str:
-    """Return the text of a completion: a string, or TRL's [{"role": "assistant", "content": ...}]."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Mapping):
-        completion = [completion]
-    parts = []
-    for message in completion or []:
-        content = message.get("content", "") if isinstance(message, Mapping) else message
-        if isinstance(content, list):  # multimodal parts: [{"type": "text", "text": ...}]
-            content = "".join(p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content)
-        parts.append(content if isinstance(content, str) else _as_text(content))
-    return "".join(parts)
+_ENGLISH_TEXT = """
+the and of with is was were in to for on by this that are be been has have had which from an a as at it its
+or not no but may can also these there their than after before into patient patients we our should would
+"""
 
+_FOREIGN_WORDS = frozenset(_FOREIGN_TEXT.split())
 
-_BATCH_CACHE: dict[Any, list[dict[str, Any]]] = {}
-_BATCH_LOCK = threading.Lock()
+_ENGLISH_WORDS = frozenset(_ENGLISH_TEXT.split())
 
+_ACCENTED = re.compile("[\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff]")
 
-def score_batch(completions: Sequence[Any], config: RewardConfig | None = None, **columns: Any
-                ) -> list[dict[str, Any]]:
-    """Return `compute_score`'s result, plus its `level`, `format_penalty` and `language_penalty`,
-    for each completion of a TRL batch (dataset columns as lists).
+_SENTENCES = re.compile(r"(?<=[.!?])\s+|\n+")
 
-    The ground truth comes from the `reward_model` column ({"ground_truth": ...}), or from a
-    `ground_truth` column. The last few batches are cached, so the accuracy, format and language
-    functions of one step score each completion once.
-    """
-    config = config or PRESETS["clinical"]
-    if "reward_model" in columns and columns["reward_model"] is not None:
-        truths = list(columns["reward_model"])
-    elif "ground_truth" in columns and columns["ground_truth"] is not None:
-        truths = list(columns["ground_truth"])
-    else:
-        raise ConfigError("reward_model", "the dataset needs a 'reward_model' (or 'ground_truth') column")
-    if len(truths) != len(completions):
-        raise ConfigError("reward_model", f"{len(truths)} ground truths for {len(completions)} completions")
-    extra_infos = columns.get("extra_info")
-    extra_infos = list(extra_infos) if extra_infos is not None else [None] * len(completions)
-    texts = [_completion_text(c) for c in completions]
-    key = (config, tuple(texts), tuple(map(_truth_key, truths)), tuple(map(_truth_key, extra_infos)))
-    with _BATCH_LOCK:
-        cached = _BATCH_CACHE.get(key)
-    if cached is not None:
-        return cached
-    results = []
-    for text, truth, info in zip(texts, truths, extra_infos, strict=True):
-        references, orpha_id = parse_ground_truth(truth)
-        topk = config.topk or _topk_from_extra_info(info)
-        results.append(_score(config, text, references, orpha_id, topk))
-    with _BATCH_LOCK:
-        if len(_BATCH_CACHE) >= 4:
-            _BATCH_CACHE.pop(next(iter(_BATCH_CACHE)))
-        _BATCH_CACHE[key] = results
-    return results
+_LANGID_LANGUAGES = ["en", "la", "es", "fr", "de", "it", "pt", "nl", "ca", "ro", "sv", "da", "no", "pl", "cs",
+                     "sk", "sl", "hr", "tr", "id", "ms", "vi", "tl", "fi", "hu", "et", "lv", "lt", "eu", "gl",
+                     "af", "sw"]
 
-
-def _truth_key(value: Any) -> str:
-    try:
-        return json.dumps(value, sort_keys=True, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def make_trl_reward_funcs(config: RewardConfig | None = None) -> tuple[list[Callable[..., list[float]]], list[float]]:
-    """Return TRL reward functions (accuracy, format, language) and their `reward_weights`.
-
-    The weighted sum equals `compute_score(...)["score"]` for the same config: accuracy gives the
-    level (correct / wrong / no answer), format gives minus the format penalties, language minus
-    the language penalty. Their `__name__`s are 'accuracy', 'format' and 'language', which TRL logs
-    as `rewards/<name>/mean`. When TRL passes `log_metric`, the accuracy function also logs
-    `accuracy`, `format_rate`, `think_rate` and `mixed_language_rate` for the batch.
-    """
-    config = config or PRESETS["clinical"]
-
-    def accuracy(prompts=None, completions=(), **columns) -> list[float]:
-        results = score_batch(completions, config, **columns)
-        log_metric = columns.get("log_metric")
-        if callable(log_metric) and results:
-            n = len(results)
-            log_metric("accuracy", sum(r["acc"] for r in results) / n)
-            log_metric("format_rate", sum(r["format"] for r in results) / n)
-            log_metric("think_rate", sum(r["think_present"] for r in results) / n)
-            log_metric("mixed_language_rate", sum(r["mixed_language"] for r in results) / n)
-            if config.hierarchy:
-                log_metric("partial_credit_rate", sum(r["partial"] for r in results) / n)
-        return [r["level"] for r in results]
-
-    def format_(prompts=None, completions=(), **columns) -> list[float]:
-        return [-r["format_penalty"] for r in score_batch(completions, config, **columns)]
-
-    def language(prompts=None, completions=(), **columns) -> list[float]:
-        return [-r["language_penalty"] for r in score_batch(completions, config, **columns)]
-
-    format_.__name__ = format_.__qualname__ = "format"  # TRL logs rewards/format/mean
-    return [accuracy, format_, language], [1.0, 1.0, 1.0]
-
-
-def accuracy_reward(prompts=None, completions=(), **columns) -> list[float]:
-    """TRL reward: the clinical accuracy level per completion (1.0 correct, 0.1 wrong, 0.0 no answer)."""
-    return _DEFAULT_FUNCS[0](prompts, completions, **columns)
-
-
-def format_reward(prompts=None, completions=(), **columns) -> list[float]:
-    """TRL reward: minus the strict-format penalties per completion (0.0 for a clean R1-Zero format)."""
-    return _DEFAULT_FUNCS[1](prompts, completions, **columns)
-
-
-def language_reward(prompts=None, completions=(), **columns) -> list[float]:
-    """TRL reward: minus the language penalty for a completion that mixes in another language, else 0.0."""
-    return _DEFAULT_FUNCS[2](prompts, completions, **columns)
-
-
-_DEFAULT_FUNCS, _ = make_trl_reward_funcs(PRESETS["clinical"])
+_NOT_FOREIGN = {"en", "la"}  # Latin phrases (situs inversus, in situ) are medical English
