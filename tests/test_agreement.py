@@ -129,3 +129,14 @@ def test_bad_input_names_file_line_and_field(tmp_path, capsys):
     assert cli.main(["agreement", "--results", str(empty)]) == 2
     assert cli.main(["agreement", "--results", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_agreement_runs_on_the_base_install():
+    """The verb needs no training stack: importing it loads neither torch nor transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import diagnosis_zero.agreement; "
+            "print([m for m in ('torch', 'transformers', 'numpy') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
