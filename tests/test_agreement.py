@@ -53,6 +53,8 @@ def test_disagrees_follows_each_methods_own_scale(hypernym_json):
 
 
 def judged(record) -> str:
+    if isinstance(record, str):
+        record = {"completion": record, "references": [], "judge": {"score": 0}}
     return agreement.judged_answer(record)
 
 
@@ -65,6 +67,17 @@ def test_partial_credit_agrees_with_a_judges_score_1_on_a_small_parent(hypernym_
     assert agreement.disagrees(line, "clinical") is False  # judge 1 -> 0, rule 0
     assert agreement.disagrees(dict(line, judge=dict(line["judge"], score=0)), "clinical+partial",
                                orphanet=[str(hypernym_json)]) is True
+
+
+def test_the_graded_answer_is_the_one_the_judges_top1_score_is_about():
+    base = {"references": ["Fabry disease"], "judge": {"score": 2}}
+    assert judged("<think>r</think><answer>Fabry disease</answer>") == "Fabry disease"
+    assert agreement.judged_answer(dict(base, prediction=["Fabry disease", "Gaucher disease"])) == "Fabry disease"
+    raw = dict(base, completion="1. Fabry disease\n2. Gaucher disease", prediction="",
+               judge={"score": 2, "answer_source": "raw"})
+    assert agreement.judged_answer(raw) == "Fabry disease"
+    assert agreement.disagrees(raw, "clinical") is False
+    assert agreement.judged_answer(dict(base, completion="no tags", prediction="fabry disease")) == "fabry disease"
 
 
 def test_measure_counts_match_disagrees_on_every_line(hypernym_json):

@@ -87,11 +87,16 @@ def _is_xml(path: str) -> bool:
 
 
 def judged_answer(record: Mapping) -> str:
-    """Return the answer text the judge graded: the answer block of the completion, else the
-    prediction (the first item of a ranked list: the judge's `score` is the top-1 verdict)."""
+    """Return the answer the judge's top-1 `score` is about: the first item of a ranked list (a
+    list prediction, or RareArena's raw output: `judge.answer_source == "raw"`), else the
+    completion's answer block, else the prediction."""
     prediction = record.get("prediction")
     if isinstance(prediction, list):
         return str(prediction[0]) if prediction else ""
+    judge = record.get("judge")
+    if isinstance(judge, Mapping) and judge.get("answer_source") == "raw":
+        items = reward.parse_ranked_list(record.get("completion") or "")
+        return items[0] if items else ""
     answer = reward.extract_answer(record.get("completion") or "")
     return answer or (prediction if isinstance(prediction, str) else "")
 
