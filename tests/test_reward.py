@@ -648,6 +648,7 @@ def test_import_is_light():
 
 def test_thread_pool_with_a_shared_lexicon():
     reward._LEXICONS.clear()
+    reward._LOADED_BY_ABSOLUTE_PATH.clear()
     cases = [(r1("Lou Gehrig disease"), {"diagnosis": ["Amyotrophic lateral sclerosis"], "orpha_id": "803"}, 1),
              (r1("Gaucher disease type 2"), TRUTH, 0),
              (r1("DLBCL") + " 日本語", {"diagnosis": ["Diffuse large B-cell lymphoma"]}, 1),

@@ -1132,20 +1132,29 @@ class Lexicon:
 _LEXICONS: dict[str, Lexicon] = {}
 
 _LEXICON_LOCK = threading.Lock()
+# (kind, absolute path as given) -> the loaded file: realpath costs a syscall per path component,
+# and compute_score asks for its lexicon and hierarchy on every call. (A relative path is resolved
+# each time: the working directory may change.)
+_LOADED_BY_ABSOLUTE_PATH: dict[tuple[str, str], Any] = {}
 
 
 def load_lexicon(path: str | os.PathLike) -> Lexicon:
     """Load Orphanet `en_product1.xml` (names + synonyms) or `orphanet_hypernym.json` (names), once per path."""
-    key = os.path.realpath(os.fspath(path))
-    lexicon = _LEXICONS.get(key)
+    given = os.fspath(path)
+    lexicon = _LOADED_BY_ABSOLUTE_PATH.get(("lexicon", given))  # scoring asks on every call: no syscall
     if lexicon is not None:
         return lexicon
-    with _LEXICON_LOCK:  # one thread parses; the others wait and reuse it
-        lexicon = _LEXICONS.get(key)
-        if lexicon is None:
-            lexicon = _read_lexicon(key)
-            _LEXICONS[key] = lexicon
-            logger.info("lexicon %s: %d Orpha codes, %d names", key, len(lexicon.names), len(lexicon.codes))
+    key = os.path.realpath(given)
+    lexicon = _LEXICONS.get(key)
+    if lexicon is None:
+        with _LEXICON_LOCK:  # one thread parses; the others wait and reuse it
+            lexicon = _LEXICONS.get(key)
+            if lexicon is None:
+                lexicon = _read_lexicon(key)
+                _LEXICONS[key] = lexicon
+                logger.info("lexicon %s: %d Orpha codes, %d names", key, len(lexicon.names), len(lexicon.codes))
+    if os.path.isabs(given):
+        _LOADED_BY_ABSOLUTE_PATH[("lexicon", given)] = lexicon
     return lexicon
 
 
@@ -1249,14 +1258,19 @@ def load_hierarchy(path: str | os.PathLike) -> Hierarchy:
     A bad file fails here with `InputFileError` naming the entity and field, not half-way through
     a paid judge run or a training step.
     """
-    key = os.path.realpath(os.fspath(path))
-    hierarchy = _HIERARCHIES.get(key)
+    given = os.fspath(path)
+    hierarchy = _LOADED_BY_ABSOLUTE_PATH.get(("hierarchy", given))
     if hierarchy is not None:
         return hierarchy
-    with _HIERARCHY_LOCK:
-        hierarchy = _HIERARCHIES.get(key)
-        if hierarchy is None:
-            hierarchy = _HIERARCHIES[key] = _read_hierarchy(key, os.fspath(path))
+    key = os.path.realpath(given)
+    hierarchy = _HIERARCHIES.get(key)
+    if hierarchy is None:
+        with _HIERARCHY_LOCK:
+            hierarchy = _HIERARCHIES.get(key)
+            if hierarchy is None:
+                hierarchy = _HIERARCHIES[key] = _read_hierarchy(key, given)
+    if os.path.isabs(given):
+        _LOADED_BY_ABSOLUTE_PATH[("hierarchy", given)] = hierarchy
     return hierarchy
 
 
