@@ -119,7 +119,7 @@ def test_tables_from_metrics_match_hand_computed(metrics_report):
     failures = read_csv(metrics_report / "tables" / "format_and_think.csv")
     row = next(r for r in failures if r["model"] == "1.5B" and r["step"] == "30")
     assert float(row["format failure (%)"]) == pytest.approx(13.0)   # 1 - (0.9 - 0.001 * 30)
-    assert float(row["dropped think (%)"]) == pytest.approx(70.0)    # val_think_rate 0.3 after step 25
+    assert float(row["think dropped (%)"]) == pytest.approx(60.0)    # val_think_dropped_rate 0.6 after step 25
     inside = (metrics_report / "tables" / "accuracy_by_mixed_language.md").read_text()
     assert "pass --results" in inside
 
@@ -151,9 +151,10 @@ def test_tables_from_results_match_hand_computed(results_report):
 
     failures = {(r["model"], r["step"]): r for r in read_csv(results_report / "tables" / "format_and_think.csv")}
     assert float(failures[("7B", "0")]["format failure (%)"]) == pytest.approx(12.5)
-    assert float(failures[("7B", "0")]["dropped think (%)"]) == pytest.approx(25.0)
-    assert float(failures[("7B", "40")]["dropped think (%)"]) == pytest.approx(37.5)
-    assert float(failures[("1.5B", "40")]["dropped think (%)"]) == pytest.approx(87.5)
+    # think dropped = an answer without a think block; case 5 (no answer, no think) is a format failure
+    assert float(failures[("7B", "0")]["think dropped (%)"]) == pytest.approx(12.5)   # case 7
+    assert float(failures[("7B", "40")]["think dropped (%)"]) == pytest.approx(25.0)  # cases 5 (Pompe), 7
+    assert float(failures[("1.5B", "40")]["think dropped (%)"]) == pytest.approx(75.0)  # all but 4 and 5
 
 
 def test_html_is_self_contained(results_report):
@@ -164,7 +165,7 @@ def test_html_is_self_contained(results_report):
     assert all(s.startswith(("data:", "#")) for s in sources)
     assert "@import" not in page and "url(" not in page
     for table in ("Top-1 accuracy by model and step", "Mixed-language rate by model and step",
-                  "Accuracy inside vs outside mixed-language cases", "Format-failure and dropped-think rates"):
+                  "Accuracy inside vs outside mixed-language cases", "Format-failure and think-dropped rates"):
         assert table in page
 
 

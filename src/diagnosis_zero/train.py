@@ -349,6 +349,8 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
         "val_accuracy": sum(r["acc"] for r in results) / n,
         "val_format_rate": sum(r["format"] for r in results) / n,
         "val_think_rate": sum(r["think_present"] for r in results) / n,
+        # think dropped: an answer but no think block (the one definition, metrics.think_dropped)
+        "val_think_dropped_rate": sum(bool(r["pred"]) and not r["think_present"] for r in results) / n,
         "val_mixed_language_rate": sum(r["mixed_language"] for r in results) / n,
         "val_completion_length_mean": sum(by_index[i][1] for i in range(n)) / n,
     }
