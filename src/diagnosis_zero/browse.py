@@ -18,90 +18,96 @@ import html
 import logging
 import re
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
+from diagnosis_zero import cli
 from diagnosis_zero.errors import ConfigError, InputFileError
-from diagnosis_zero.io import iter_jsonl
-from diagnosis_zero.judge import MAX_PARENT_DISEASES, load_hierarchy
+from diagnosis_zero.io import find_results, orphanet_hierarchy, read_jsonl
+from diagnosis_zero.metrics import think_dropped
+from diagnosis_zero.reward import MAX_PARENT_DISEASES, OTHER_LANGUAGE_RUN
 
 logger = logging.getLogger(__name__)
 
-_STEP_FILE = re.compile(r"^(step-(\d+)|.+?)(\.judged)?\.jsonl$")
 _TAG = re.compile(r"(</?(?:think|answer)>)", re.IGNORECASE)
-# Other scripts, as `reward.is_mixed_language` counts them (Cyrillic, Armenian, Hebrew, Arabic, Indic,
-# Thai, Georgian, Hangul, CJK punctuation, kana, bopomofo, ideographs, full-width forms), and Greek
-# words of three letters or more (single Greek letters are medical symbols: β-thalassemia).
-_OTHER = ("\u0400-\u052f\u0530-\u058f\u0590-\u05ff\u0600-\u06ff\u0750-\u077f\u0900-\u09ff\u0e00-\u0e7f"
-          "\u10a0-\u10ff\u1100-\u11ff\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3400-\u4dbf"
-          "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff01-\uff60")
-_OTHER_LANGUAGE = re.compile(f"(?:[{_OTHER}]|[\u0370-\u03ff\u1f00-\u1fff]{{3,}})+"
-                             f"(?:[\\s\\d]*(?:[{_OTHER}]|[\u0370-\u03ff\u1f00-\u1fff]{{3,}})+)*")
 _CASE_MARKER = "The case report is:"
 JUDGE_MEANING = {2: "exact match or synonym", 1: "broader category that includes the reference", 0: "wrong"}
 MAX_PASTED_CHARS = 20_000
 
 
+@dataclass
+class BrowseConfig:
+    results: list[str] = field(default_factory=list, metadata={
+        "required": True, "metavar": "PATH",
+        "help": "results folders with step-N.jsonl / step-N.judged.jsonl files, or results files"})
+    orphanet: list[str] | None = field(default=None, metadata={
+        "aliases": ["--hierarchy"], "metavar": "PATH",
+        "help": "orphanet_hypernym.json: show each ground truth's Orphanet name and parents"})
+    model: str | None = field(default=None, metadata={
+        "help": "model to diagnose pasted cases with (local path, hub id or bundled:NAME)"})
+    template: str = field(default="r1-zero", metadata={"help": "prompt template for pasted cases (see prepare)"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "generation limit for pasted cases, tokens"})
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "address to bind (127.0.0.1: only this machine can connect)"})
+    port: int = field(default=7860, metadata={"help": "port to listen on"})
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", required=True, metavar="PATH",
-                        help="results dir with step-N.jsonl / step-N.judged.jsonl files (or one results file)")
-    parser.add_argument("--hierarchy", default=None, metavar="JSON",
-                        help="orphanet_hypernym.json: show each ground truth's Orphanet name and parents")
-    parser.add_argument("--model", default=None,
-                        help="model to diagnose pasted cases with (local path, hub id or bundled:NAME)")
-    parser.add_argument("--template", default="r1-zero", help="prompt template for pasted cases (see prepare)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit for pasted cases, tokens")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: only this machine can connect)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    cli.add_dataclass_arguments(parser, BrowseConfig)
 
 
 def run(args) -> int:
     from werkzeug.serving import run_simple
 
-    checkpoints, warnings = load_checkpoints(args.results)
-    hierarchy = load_hierarchy(args.hierarchy) if args.hierarchy else None
+    config = cli.dataclass_from_args(BrowseConfig, args)
+    checkpoints, warnings = load_checkpoints(config.results)
+    hierarchy = orphanet_hierarchy(config.orphanet)
     generator = None
-    if args.model:
+    if config.model:
         from diagnosis_zero.models import load_model_and_tokenizer
 
-        logger.info("loading %s", args.model)
-        model, tokenizer = load_model_and_tokenizer(args.model)
-        generator = Generator(model, tokenizer, args.template, args.max_new_tokens)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("binding %s: anyone who can reach this machine can read these cases", args.host)
+        logger.info("loading %s", config.model)
+        model, tokenizer = load_model_and_tokenizer(config.model)
+        generator = Generator(model, tokenizer, config.template, config.max_new_tokens)
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("binding %s: anyone who can reach this machine can read these cases", config.host)
     app = make_app(checkpoints, hierarchy=hierarchy, generator=generator, warnings=warnings,
-                   title=str(args.results))
+                   title=" ".join(config.results))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    print(f"browse: http://{args.host}:{args.port}/  ({sum(map(len, checkpoints.values()))} results, "
+    print(f"browse: http://{config.host}:{config.port}/  ({sum(map(len, checkpoints.values()))} results, "
           f"{len(checkpoints)} checkpoints; Ctrl+C to stop)", flush=True)
-    run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
+    run_simple(config.host, config.port, app, threaded=True, use_reloader=False)
     return 0
 
 
 # ---------------------------------------------------------------------------------------- loading
 
-def load_checkpoints(path) -> tuple[dict[str, list[dict]], list[str]]:
-    """Read a results dir: {checkpoint name: records} ordered by step, plus warnings for the page.
+def load_checkpoints(paths) -> tuple[dict[str, list[dict]], list[str]]:
+    """Read results folders or files: {checkpoint name: records} ordered by step, plus warnings for the page.
 
-    A judged file's verdicts are laid over its evaluated file, so a judge still running shows the
-    cases it has not reached yet as unjudged. Corrupt lines are skipped and listed as warnings.
+    A checkpoint is a step (step-N) or, for a results file with another name, that name; names that
+    several paths share get their folder's name in front. A judged file's verdicts are laid over its
+    evaluated file, so a judge still running shows the cases it has not reached yet as unjudged.
+    Corrupt lines and a torn last line are skipped and listed as warnings.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, None, None, "results path not found")
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    found = []
+    for path in paths:
+        files = find_results(path)
+        if not files:
+            raise InputFileError(path, None, None, "no results files (step-N.jsonl or step-N.judged.jsonl)")
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        found += [(folder.name, file) for file in files]
+    folders_of: dict[str, set[str]] = {}
+    for folder, file in found:
+        folders_of.setdefault(file.name, set()).add(folder)
     groups: dict[str, dict[bool, Path]] = {}
     order: dict[str, tuple] = {}
-    for file in files:
-        match = _STEP_FILE.match(file.name)
-        if not match:
-            continue
-        name = match.group(1)
-        groups.setdefault(name, {})[bool(match.group(3))] = file
-        order[name] = (0, int(match.group(2)), name) if match.group(2) else (1, 0, name)
-    if not groups:
-        raise InputFileError(path, None, None, "no results files (step-N.jsonl or step-N.judged.jsonl)")
+    for folder, file in found:
+        name = f"{folder}/{file.name}" if len(folders_of[file.name]) > 1 else file.name
+        groups.setdefault(name, {})[file.judged] = file.path
+        order[name] = (0, file.step, name) if file.step is not None else (1, 0, name)
     warnings: list[str] = []
     checkpoints = {}
     for name in sorted(groups, key=order.get):
@@ -109,19 +115,20 @@ def load_checkpoints(path) -> tuple[dict[str, list[dict]], list[str]]:
         for judged in (False, True):
             if judged not in groups[name]:
                 continue
-            errors: list[InputFileError] = []
-            for _, record in iter_jsonl(groups[name][judged], skip_invalid=True, errors=errors):
+            lines = read_jsonl(groups[name][judged], skip_bad=True)
+            for record in lines.records:
                 key = (str(record.get("id")), int(record.get("sample") or 0))
                 if judged and key in records:
                     records[key]["judge"] = record.get("judge")
                 else:
                     records[key] = record
-            warnings += [f"{e} (skipped)" for e in errors]
+            warnings += [f"{e} (skipped)" for e in lines.bad_lines]
+            if lines.torn_tail is not None:
+                warnings.append(f"{lines.torn_tail} (partial last line skipped; still being written?)")
         if True not in groups[name]:
             warnings.append(f"{name}: no judged file; judge verdicts not available")
         checkpoints[name] = list(records.values())
     return checkpoints, warnings
-
 
 
 # ---------------------------------------------------------------------------------------- outcome
@@ -143,7 +150,7 @@ FILTERS = {
     "correct": ("correct", is_correct),
     "wrong": ("wrong", lambda r: not is_correct(r)),
     "format_failure": ("format failure", lambda r: not r.get("format")),
-    "dropped_think": ("dropped think", lambda r: not r.get("think_present")),
+    "think_dropped": ("think dropped", think_dropped),
     "mixed_language": ("mixed language", lambda r: bool(r.get("mixed_language"))),
     "rule_wrong_judge_right": ("rule wrong, judge right", lambda r: not r.get("acc") and judge_score(r) == 2),
     "rule_right_judge_wrong": ("rule right, judge wrong",
@@ -167,7 +174,7 @@ def case_text(record: dict) -> str:
 def highlight_other_language(text: str) -> str:
     """Escape `text`, marking runs of other-language script with <mark class="lang">."""
     parts, last = [], 0
-    for match in _OTHER_LANGUAGE.finditer(text):
+    for match in OTHER_LANGUAGE_RUN.finditer(text):
         parts.append(html.escape(text[last:match.start()]))
         parts.append(f'<mark class="lang" title="other language">{html.escape(match.group())}</mark>')
         last = match.end()
@@ -207,7 +214,7 @@ th{background:#eef1f5} tr:hover td{background:#f8fbff} #cases td:first-child{whi
 pre.completion,pre.raw{white-space:pre-wrap;word-wrap:break-word;font-family:ui-monospace,Menlo,monospace;font-size:.88em;background:#fbfbfc;border:1px solid #eee;padding:.6rem;border-radius:.3rem;margin:0}
 .tag{color:#7b2cbf;font-weight:bold} .think{color:#4a5568;background:#f1f3f7} .answer{background:#fff3a3;font-weight:bold}
 .outside{color:#8a5a00} mark.lang{background:#ffb3c7;color:#7a0026;border-bottom:2px solid #d6336c}
-.cols{display:grid;grid-template-columns:1fr 1fr;gap:1rem} .warning{color:#7a5300;font-size:.85em}
+p.case{white-space:pre-wrap} .cols{display:grid;grid-template-columns:1fr 1fr;gap:1rem} .warning{color:#7a5300;font-size:.85em}
 form.inline{display:inline} select,input,button,textarea{font:inherit;padding:.2rem .4rem}
 textarea{width:100%;min-height:9rem} dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem;margin:.6rem 0 0} dt{color:#555}
 """
@@ -232,14 +239,25 @@ def _badges(record: dict) -> str:
         badges.append(f'<span class="badge {"ok" if score == 2 else "warn" if score == 1 else "bad"}">judge {score}</span>')
     elif isinstance(record.get("judge"), dict):
         badges.append('<span class="badge muted">judge error</span>')
-    badges.append(f'<span class="badge {"ok" if record.get("acc") else "bad"}">rule {record.get("score")}</span>')
+    badges.append(f'<span class="badge {"ok" if record.get("acc") else "bad"}">rule {_text(record.get("score"))}</span>')
     if not record.get("format"):
         badges.append('<span class="badge bad">format failure</span>')
-    if not record.get("think_present"):
-        badges.append('<span class="badge warn">no think</span>')
+    if think_dropped(record):
+        badges.append('<span class="badge warn">think dropped</span>')
     if record.get("mixed_language"):
         badges.append('<span class="badge warn">mixed language</span>')
     return "".join(badges)
+
+
+def _text(value) -> str:
+    """A value as a reader writes it: "–" for none, "yes"/"no" for booleans, lists joined; never a repr."""
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(_text, value))
+    return str(value)
 
 
 def _prediction(record: dict) -> str:
@@ -300,16 +318,16 @@ def _ground_truth(record: dict, hierarchy) -> str:
     orpha = str(record.get("orpha_id") or "")
     parts = [f'<div class="card" id="ground-truth"><h2>Ground truth</h2><ul>{refs}</ul>',
              f"<dl><dt>Orphanet code</dt><dd>{('ORPHA:' + html.escape(orpha)) if orpha else '<i>unknown</i>'}</dd>"]
-    entity = (hierarchy or {}).get(orpha)
+    entity = hierarchy.entities.get(orpha) if hierarchy is not None else None
     if hierarchy is not None and entity is None and orpha:
         parts.append("<dt>Orphanet entity</dt><dd><i>not in the hierarchy file</i></dd>")
     if entity:
-        parts.append(f"<dt>Orphanet name</dt><dd>{html.escape(str(entity.get('name')))} "
-                     f"<small>({html.escape(str(entity.get('type', '')))})</small></dd><dt>parents</dt><dd><ul id='parents'>")
-        for parent in entity.get("parents") or []:
-            count = parent.get("parent_disease_count")
-            narrow = isinstance(count, int) and count <= MAX_PARENT_DISEASES
-            parts.append(f"<li>{html.escape(str(parent.get('parent')))} <small>({count} diseases"
+        kind = f" <small>({html.escape(entity.type)})</small>" if entity.type else ""
+        parts.append(f"<dt>Orphanet name</dt><dd>{html.escape(entity.name)}{kind}</dd>"
+                     "<dt>parents</dt><dd><ul id='parents'>")
+        for parent in entity.parents:
+            narrow = parent.disease_count <= MAX_PARENT_DISEASES
+            parts.append(f"<li>{html.escape(parent.name)} <small>({parent.disease_count} diseases"
                          f"{'; counts as score 1 in the updated judge' if narrow else ''})</small></li>")
         parts.append("</ul></dd>")
     parts.append("</dl></div>")
@@ -325,10 +343,11 @@ def _verdict(record: dict) -> str:
     head = (f'<span class="badge {"ok" if score == 2 else "warn" if score == 1 else "bad"}">score {score}</span> '
             f"{html.escape(JUDGE_MEANING.get(score, ''))}" if score is not None else
             '<span class="badge muted">no score</span>')
-    extra = f"<dt>per item</dt><dd>{html.escape(str(scores))}</dd>" if scores and len(scores) > 1 else ""
+    extra = f"<dt>per item</dt><dd>{html.escape(_text(scores))}</dd>" if scores and len(scores) > 1 else ""
     error = f"<dt>error</dt><dd>{html.escape(str(judge.get('error')))}</dd>" if judge.get("error") else ""
+    cached = ("<dt>from the judge cache</dt><dd>yes</dd>" if judge.get("cached") else "")
     return (f'<div class="card" id="judge-verdict"><h2>Judge verdict</h2><p class="verdict">{head}</p>'
-            f"<dl>{extra}{error}<dt>cached</dt><dd>{bool(judge.get('cached'))}</dd></dl>"
+            f"<dl>{extra}{error}{cached}</dl>"
             f'<p>raw text:</p><pre class="raw">{html.escape(str(judge.get("raw") or ""))}</pre></div>')
 
 
@@ -338,15 +357,17 @@ def _output_card(record: dict, heading: str) -> str:
     if record.get("mixed_language") and "<mark" not in completion:
         note = ('<p class="warning">Flagged as mixed language, but in Latin script (e.g. a sentence in '
                 "Spanish or French), so nothing is highlighted.</p>")
+    tokens = (f"<dt>tokens</dt><dd>{html.escape(_text(record['num_tokens']))}</dd>"
+              if record.get("num_tokens") is not None else "")
     return (f'<div class="card output"><h2>{html.escape(heading)}</h2><p>{_badges(record)}</p>'
             f'<pre class="completion">{completion}</pre>{note}'
             f"<dl><dt>prediction</dt><dd class='prediction'>{html.escape(_prediction(record))}</dd>"
-            f"<dt>rule score</dt><dd class='rule-score'>{html.escape(str(record.get('score')))} "
+            f"<dt>rule score</dt><dd class='rule-score'>{html.escape(_text(record.get('score')))} "
             f"({'match' if record.get('acc') else 'no match'})</dd>"
             f"<dt>format</dt><dd>{'valid' if record.get('format') else 'invalid'}</dd>"
             f"<dt>think block</dt><dd>{'present' if record.get('think_present') else 'missing'}</dd>"
             f"<dt>mixed language</dt><dd>{'yes' if record.get('mixed_language') else 'no'}</dd>"
-            f"<dt>tokens</dt><dd>{html.escape(str(record.get('num_tokens')))}</dd></dl></div>")
+            f"{tokens}</dl></div>")
 
 
 def _find(checkpoints, name, case_id, sample):
@@ -379,7 +400,7 @@ def page_case(checkpoints, name, case_id, sample, hierarchy, filter_name) -> str
                f'with <select name="b">{options_b}</select> <button type="submit">side by side</button></form>')
     return (f'<p><a href="{_link("/", ckpt=name, filter=filter_name)}">← back to the list</a> · checkpoints: '
             f'{" · ".join(others)}</p><p>{compare}</p>'
-            f'<div class="card" id="case-text"><h2>Case {html.escape(case_id)}</h2><p>{html.escape(case_text(record))}</p></div>'
+            f'<div class="card" id="case-text"><h2>Case {html.escape(case_id)}</h2><p class="case">{html.escape(case_text(record))}</p></div>'
             f"{_ground_truth(record, hierarchy)}{_output_card(record, f'Model output · {_checkpoint_label(name)}')}"
             f"{_verdict(record)}")
 
@@ -396,7 +417,7 @@ def page_compare(checkpoints, case_id, sample, a, b, hierarchy) -> str | None:
                        f'<div class="card"><h2>{html.escape(_checkpoint_label(name))}</h2><i>no result for this case</i></div>')
                     + "</div>")
     return (f'<p><a href="{_link("/case", id=case_id, sample=sample, ckpt=a)}">← back to the case</a></p>'
-            f'<div class="card" id="case-text"><h2>Case {html.escape(case_id)}</h2><p>{html.escape(case_text(record))}</p></div>'
+            f'<div class="card" id="case-text"><h2>Case {html.escape(case_id)}</h2><p class="case">{html.escape(case_text(record))}</p></div>'
             f'{_ground_truth(record, hierarchy)}<div class="cols" id="compare">{columns}</div>')
 
 
@@ -490,6 +511,7 @@ def make_app(checkpoints: dict[str, list[dict]], *, hierarchy=None, generator: G
     def index(request):
         name = request.args.get("ckpt") or names[-1]
         filter_name = request.args.get("filter", "all")
+        filter_name = {"dropped_think": "think_dropped"}.get(filter_name, filter_name)  # its old name, in saved links
         if name not in checkpoints or filter_name not in FILTERS:
             raise NotFound(f"unknown checkpoint {name!r} or filter {filter_name!r}")
         return page(page_list(checkpoints, name, filter_name, request.args.get("q", "")) + notes)
