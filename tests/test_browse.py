@@ -280,12 +280,12 @@ def test_pasted_case_streams_the_models_greedy_output(tiny_model):
 
 
 def test_latin_script_mixed_language_is_explained():
-    from diagnosis_zero.browse import _output_card
+    from diagnosis_zero.browse_pages import output_card
 
-    card = _output_card({"completion": "<answer> Wilson disease </answer> El diagnóstico es claro.",
+    card = output_card({"completion": "<answer> Wilson disease </answer> El diagnóstico es claro.",
                          "mixed_language": True}, "x")
     assert "in Latin script" in card and "<mark" not in card
-    assert "in Latin script" not in _output_card({"completion": "<answer>x</answer> 诊断", "mixed_language": True}, "x")
+    assert "in Latin script" not in output_card({"completion": "<answer>x</answer> 诊断", "mixed_language": True}, "x")
 
 
 def test_no_python_reprs_and_the_case_keeps_its_line_breaks(tmp_path, hierarchy_file):
