@@ -274,3 +274,22 @@ def test_partial_judge_file_falls_back_to_rule_and_is_listed(tmp_path):
     assert "step-20.judged.jsonl: judge incomplete (5 of 8 records); using rule scores" in md
     top1 = read_csv(out / "tables" / "top1_accuracy.csv")
     assert (top1[0]["model"], top1[0]["step 20 (%)"], top1[0]["source"]) == ("7B", "75.0", "rule")  # 6/8
+
+
+def test_missing_results_exit_2_and_the_old_output_flag_still_works(tmp_path, capsys):
+    assert cli.main(["report", "--results", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "missing: results path not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert cli.main(["report", "--runs", str(RUN_7B), "--output", str(tmp_path / "old")]) == 0
+    assert "--output is deprecated; use --output-dir" in capsys.readouterr().err
+    assert (tmp_path / "old" / "report.html").is_file()
+
+
+def test_a_health_flag_that_ended_reads_in_the_past_with_its_steps(tmp_path):
+    run_dir = tmp_path / "qwen-7b"
+    rows = [{"step": s, "kl": 5.0 if 10 <= s < 20 else 0.01} for s in range(40)]
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = (build_report([run_dir], [], tmp_path / "out") / "report.html").read_text()
+    assert "<b>kl_blowup</b> at steps 10-23 (<code>kl</code>)" in page
+    assert "the policy was running away from its reference; it cleared after step 23" in page

@@ -186,10 +186,10 @@ def orphanet_hierarchy(paths) -> Hierarchy | None:
     from diagnosis_zero.reward import load_hierarchy
 
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths or [])
-    hierarchies = [load_hierarchy(p) for p in paths if str(p).lower().endswith(".json")]
-    if len(hierarchies) > 1:
+    json_files = [p for p in paths if str(p).lower().endswith(".json")]
+    if len(json_files) > 1:
         raise ConfigError("orphanet", "give one orphanet_hypernym.json")
-    return hierarchies[0] if hierarchies else None
+    return load_hierarchy(json_files[0]) if json_files else None
 
 
 @contextlib.contextmanager
