@@ -10,6 +10,10 @@ The signs come from the original study and from R1-Zero-style practice: groups w
 tie give GRPO no advantage to learn from; entropy and response length collapse before a run
 degenerates; the 1.5B model silently stopped writing `<think>`; the 7B model's mixed-language
 rate spiked to 10.6% at step 1000; a KL that runs away means the policy left its reference.
+
+`reasoning_dropped` watches the think-present rate (`think_rate`), the series training logs for
+every step. It is not the "think dropped" measure (an answer without a think block,
+`metrics.think_dropped`, `val_think_dropped_rate`), which `report` tabulates.
 """
 
 from __future__ import annotations

@@ -91,9 +91,9 @@ class ReportConfig:
     output_dir: str = field(default="report", metadata={"aliases": ["--output"], "help": "output folder"})
     label: list[str] | None = field(default=None, metadata={
         "repeatable": True, "metavar": "PATH=LABEL",
-        "help": "label for a run or results dir (default: its model size, e.g. 1.5B, else its name)"})
+        "help": "label for a run or results dir; unlabelled ones are named by model size (e.g. 1.5B), else by folder"})
     steps: str | None = field(default=None, metadata={
-        "help": "comma-separated steps for the tables' columns (default: up to 5 evenly spaced)"})
+        "help": "comma-separated steps for the tables' columns; none given: up to 5 evenly spaced"})
     smoothing: float = field(default=0.02, metadata={
         "help": "centred moving-average window as a fraction of each series' length (0 = none)"})
     health: list[str] | None = field(default=None, metadata={
