@@ -64,6 +64,9 @@ class MetricsConfig:
         "repeatable": True, "choices": list(METRICS), "metavar": "NAME",
         "help": "metric of the model x step table (repeatable); default: top1_judge if any line is judged, "
                 f"else top1_rule; one of: {', '.join(METRICS)}"})
+    layout: Literal["steps", "rarearena"] = field(default="steps", metadata={
+        "help": "steps: the tables above; rarearena: RareArena's table (share of cases at score 0/1/2 and Total, "
+                "top-1 and top-5, judged and error counts) per file and judge protocol"})
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -318,5 +321,13 @@ def run(args) -> int:
     config = cli.dataclass_from_args(MetricsConfig, args)
     if not config.results:
         raise ConfigError("results", "give at least one file or folder")
-    print(render(summarize_files(config.results), config.format, config.metric))
+    from diagnosis_zero import rarearena
+
+    files = results_paths(config.results)
+    if config.layout == "rarearena":
+        print(rarearena.render_rarearena_layout(files, config.format))
+        return 0
+    print(render(summarize_files(files), config.format, config.metric))
+    if config.format != "json" and (note := rarearena.protocol_note(load_results(files))):
+        print("\n" + note)  # per-item judge figures must not be read as RareArena's
     return 0
