@@ -128,7 +128,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None
                 kwargs.update(required=not meta.get("aliases"), help=help_text)
             else:
                 shown = " ".join(map(str, default)) if isinstance(default, list) else default
-                kwargs.update(default=default, help=f"{help_text} (default: {shown})" if help_text else None)
+                suffix = "" if default is None or default == [] else f" (default: {shown})"
+                kwargs.update(default=default, help=f"{help_text}{suffix}" if help_text else None)
         target = parser
         if meta.get("required") and meta.get("aliases"):  # the flag or an old spelling of it
             target = parser.add_mutually_exclusive_group(required=True)
