@@ -70,7 +70,7 @@ __all__ = [
     # Orphanet
     "Lexicon", "load_lexicon", "Hierarchy", "OrphanetEntity", "OrphanetParent", "load_hierarchy",
     # language
-    "is_mixed_language", "OTHER_SCRIPT",
+    "is_mixed_language", "OTHER_SCRIPT", "OTHER_LANGUAGE_RUN",
 ]
 
 
@@ -1535,6 +1535,10 @@ OTHER_SCRIPT = _OTHER_SCRIPT  # public: browse highlights exactly what is_mixed_
 _GREEK_LETTER = re.compile("[\u0370-\u03ff\u1f00-\u1fff]")
 
 _GREEK_WORD = re.compile("[\u0370-\u03ff\u1f00-\u1fff]{3,}")
+# A run of other-language text as is_mixed_language counts it (other-script letters, Greek words),
+# spaces and digits inside it included: what `browse` highlights, so highlight and flag agree.
+OTHER_LANGUAGE_RUN = re.compile(f"(?:{_OTHER_SCRIPT.pattern}|{_GREEK_WORD.pattern})+"
+                                f"(?:[\\s\\d]+(?:{_OTHER_SCRIPT.pattern}|{_GREEK_WORD.pattern})+)*")
 
 _WORDS = re.compile(r"[^\W\d_]+")
 
