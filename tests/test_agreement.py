@@ -107,7 +107,7 @@ def test_measure_counts_match_disagrees_on_every_line(hypernym_json):
 
 def test_cli_prints_the_table_and_writes_its_files(hypernym_json, tmp_path, capsys):
     out = tmp_path / "agreement"
-    code = cli.main(["agreement", "--results", str(RESULTS), "--orphanet", str(hypernym_json), str(PRODUCT1),
+    code = cli.main(["agreement", "--results", *map(str, sorted(RESULTS.iterdir())), "--orphanet", str(hypernym_json), str(PRODUCT1),
                      "--output-dir", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
@@ -120,7 +120,7 @@ def test_cli_prints_the_table_and_writes_its_files(hypernym_json, tmp_path, caps
     assert len(rows) == sum(int(row["disagreements"]) for row in table)
     assert {"method", "file", "line", "answer", "references", "rule_grade", "judge_score"} <= set(rows[0])
     assert "| method |" in (out / "agreement.md").read_text(encoding="utf-8")
-    # a file given twice or a folder: same files; the old --hierarchy spelling still works
+    # a single file; the old --hierarchy spelling still works
     assert cli.main(["agreement", "--results", str(JUDGED[0]), "--hierarchy", str(hypernym_json)]) == 0
     assert "clinical+partial" in capsys.readouterr().out
 
@@ -153,3 +153,11 @@ def test_agreement_runs_on_the_base_install():
             "print([m for m in ('torch', 'transformers', 'numpy') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_torn_last_line_is_skipped_as_every_reader_does(tmp_path, capsys):
+    torn = tmp_path / "step-3.judged.jsonl"
+    text = JUDGED[0].read_text(encoding="utf-8")
+    torn.write_text(text + text.splitlines()[0][:40], encoding="utf-8")  # a judge still writing
+    assert cli.main(["agreement", "--results", str(tmp_path)]) == 0
+    assert "8 graded lines" in capsys.readouterr().out

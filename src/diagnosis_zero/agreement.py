@@ -1,6 +1,7 @@
 """`diagnosis-zero agreement`: how often each rule reward agrees with the LLM judge.
 
-For judged results (`step-N.judged.jsonl`), each rule method grades the same answer the judge saw,
+For judged results (`step-N.judged.jsonl`; `--results` files, or run folders as `io.find_results`
+reads them), each rule method grades the same answer the judge saw,
 on the judge's scale (`reward.rule_grade`: 2 names the diagnosis, 1 names a small Orphanet parent
 group, 0 neither). The methods:
 
@@ -32,12 +33,12 @@ from pathlib import Path
 from diagnosis_zero import reward
 from diagnosis_zero.cli import add_dataclass_arguments, dataclass_from_args
 from diagnosis_zero.errors import ConfigError, InputFileError
-from diagnosis_zero.io import atomic_path, iter_jsonl, write_text_atomic
+from diagnosis_zero.io import atomic_path, find_results, read_jsonl, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 METHOD_NAMES = ("seed", "clinical", "clinical+lexicon", "clinical+partial")
-JUDGED_GLOB = "*.judged.jsonl"
+JUDGED_GLOB = "step-N.judged.jsonl"
 
 
 @dataclass
@@ -145,25 +146,21 @@ def _judge_grade(score: int, config: reward.RewardConfig) -> int:
 
 
 def find_judged_files(paths: Iterable[str]) -> list[Path]:
-    """Return the judged files named, with folders expanded to their `*.judged.jsonl` (sorted)."""
+    """Return the judged files that `--results` paths stand for (`io.find_results`: a file for
+    itself, a folder for its step-N.judged.jsonl files, by step)."""
     files: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found = sorted(path.rglob(JUDGED_GLOB))
-            if not found:
-                raise InputFileError(path, None, None, f"no {JUDGED_GLOB} files in this folder")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise InputFileError(path, None, None, "file or folder not found")
+    for path in paths:
+        found = [f.path for f in find_results(path) if f.judged or Path(path).is_file()]
+        if not found:
+            raise InputFileError(path, None, None, f"no {JUDGED_GLOB} files in this folder (run `judge` first)")
+        files.extend(found)
     return files
 
 
 def read_judged(path: Path) -> list[tuple[int, dict]]:
     """Return (line number, record) for each judged line, validating the fields agreement reads."""
     records = []
-    for line, record in iter_jsonl(path):
+    for line, record in read_jsonl(path).rows:  # a torn last line (a judge still writing) is skipped
         judge = record.get("judge")
         if not isinstance(judge, Mapping):
             raise InputFileError(path, line, "judge", "missing or not an object (run `diagnosis-zero judge` first)")
