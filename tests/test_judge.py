@@ -297,3 +297,38 @@ def test_missing_api_key_variable_is_a_clear_error(tmp_path, monkeypatch, capsys
             "--cache", str(tmp_path / "c.sqlite"), "--api-key-env", "NO_SUCH_KEY_VAR"]
     assert cli.main(argv) == 2
     assert "NO_SUCH_KEY_VAR is not set" in capsys.readouterr().err
+
+
+def test_item_grader_api_grades_caches_and_looks_up(tmp_path, server):
+    """The public per-item API (`ItemGrader`) other code builds on: grade, cache, lookup, same SQLite file."""
+    import asyncio
+
+    from diagnosis_zero.judge_items import ItemGrader, JudgeCache, JudgeEndpoint
+
+    cache = JudgeCache(tmp_path / "cache.sqlite")
+    endpoint = JudgeEndpoint(base_url=server.base_url, judge_model="fake-judge", max_retries=2, concurrency=2)
+    grader = ItemGrader(endpoint, cache)
+    refs, parents = [LCHAD, "LCHAD deficiency"], [LCHAD_PARENT]
+    assert grader.lookup("lchad deficiency", refs, parents) is None
+
+    async def grade_all(names):
+        try:
+            return await asyncio.gather(*(grader.grade(n, refs, parents) for n in names))
+        finally:
+            await grader.close()
+
+    verdicts = asyncio.run(grade_all(["lchad deficiency", LCHAD_PARENT, "Gaucher disease", "Gaucher disease"]))
+    assert [v.score for v in verdicts] == [2, 1, 0, 0] and all(v.error is None for v in verdicts)
+    assert server.count("Gaucher disease") == 1 and server.count() == 3  # asked twice at once, sent once
+    assert grader.lookup("LCHAD deficiency ", refs, parents).score == 2  # normalized key
+    assert grader.lookup("lchad deficiency", refs, []) is None  # other score-1 set, other key
+    # a second grader on the same file (e.g. another process) is served from the cache, no request
+    server.reset_log()
+    again = ItemGrader(endpoint, JudgeCache(tmp_path / "cache.sqlite"))
+    verdict = asyncio.run(again.grade(LCHAD_PARENT, refs, parents))
+    assert verdict.score == 1 and verdict.cached and server.count() == 0
+    # a garbage reply is an error, never a score, and is not cached
+    server.add_fault("garbage", match="Fabry disease", times=1)
+    verdict = asyncio.run(grade_all(["Fabry disease"]))[0]
+    assert verdict.score is None and verdict.error.startswith("judge_error")
+    assert grader.lookup("Fabry disease", refs, parents) is None
