@@ -26,7 +26,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import os
 import re
 import time
 import unicodedata
@@ -37,17 +36,12 @@ from typing import Any
 
 from diagnosis_zero import reward
 from diagnosis_zero.errors import ConfigError
+from diagnosis_zero.judge_items import default_cache_path
 
 logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("item",)
 RESULT_KEYS = ("judged", "judge_score", "judge_fallback", "judge_cached", "judge_latency")
-
-
-def default_cache_path() -> str:
-    """Return the judge's default cache file (`diagnosis-zero judge --cache`'s default)."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "diagnosis-zero", "judge-cache.sqlite")
 
 
 @dataclass(frozen=True)
@@ -130,17 +124,22 @@ _NAME_CHARS = re.compile(r"[A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u03
 _JUDGE_WORDS = re.compile(
     r"\b(?:scor\w*|judg\w*|ignor\w*|disregard\w*|instruct\w*|prompt\w*|rules?|system|assistant|"
     r"reply|respond\w*|output\w*|evaluat\w*|points?|answer\w*|student\w*|reference\w*)\b", re.IGNORECASE)
+_GRADE_NUMBER = re.compile(r"\bgrade\W*[0-2]\b", re.IGNORECASE)  # "grade 2" reads as a verdict
 _WORD = re.compile(r"[^\W\d_]{3,}")
 _SPACES = re.compile(r"\s+")
 
 
 def judge_text(answer: str, max_chars: int = 200) -> str | None:
-    """Return the answer as the judge will see it (one NFKC-normalised line), or None when it is not
-    a plain diagnosis name: too long, characters no name uses, the judge's vocabulary, or no word."""
-    text = _SPACES.sub(" ", unicodedata.normalize("NFKC", answer or "")).strip().rstrip(".")
+    """Return the answer as the judge will see it (NFKC-normalised, spaces collapsed), or None when it
+    is not a plain diagnosis name: several lines, too long, characters no name uses, the judge's
+    vocabulary, or no word."""
+    text = unicodedata.normalize("NFKC", answer or "").strip()
+    if "\n" in text or "\r" in text:  # a name is one line; a second line could pose as the prompt's
+        return None
+    text = _SPACES.sub(" ", text).rstrip(".")
     if not text or len(text) > max_chars or not _NAME_CHARS.fullmatch(text):
         return None
-    if _JUDGE_WORDS.search(text) or not _WORD.search(text):
+    if _JUDGE_WORDS.search(text) or _GRADE_NUMBER.search(text) or not _WORD.search(text):
         return None
     return text
 
@@ -280,12 +279,13 @@ class JudgeReward:
         if state is None:
             return {}
         tasks = {pair: self._task(state, pair) for pair in pairs}
-        done, pending = await asyncio.wait(tasks.values(), timeout=max(0.0, deadline - time.monotonic()))
-        for task in pending:  # past the deadline: free the slots for the next step
-            task.cancel()
+        # Requests still out at the deadline are left to finish (bounded by the grader's timeout and
+        # retries): a late verdict still fills the cache, and the grader's in-flight record of the
+        # item is cleared only when its request ends.
+        done, _ = await asyncio.wait(tasks.values(), timeout=max(0.0, deadline - time.monotonic()))
         answered = {}
         for pair, task in tasks.items():
-            if task not in done or task.cancelled():
+            if task not in done:
                 continue
             if task.exception() is not None:
                 self._warn_once(type(task.exception()).__name__, f"judge request failed: {task.exception()}")
@@ -334,15 +334,23 @@ class JudgeReward:
             logger.warning(message)
 
 
-def item_grader(config: JudgeRewardConfig):
-    """Return the per-item grader of `diagnosis-zero judge` for `config` (imports the client lazily)."""
-    from diagnosis_zero import judge
+def endpoint(config: JudgeRewardConfig):
+    """Return the `judge_items.JudgeEndpoint` of `config`."""
+    from diagnosis_zero import judge_items
 
-    return judge.ItemGrader(base_url=config.base_url, judge_model=config.judge_model,
-                            api_key_env=config.api_key_env, timeout=config.timeout,
-                            max_retries=config.max_retries, concurrency=config.concurrency,
-                            temperature=config.temperature, max_tokens=config.max_tokens,
-                            cache=judge.JudgeCache(config.cache))
+    return judge_items.JudgeEndpoint(base_url=config.base_url, judge_model=config.judge_model,
+                                     api_key_env=config.api_key_env, timeout=config.timeout,
+                                     max_retries=config.max_retries, concurrency=config.concurrency,
+                                     temperature=config.temperature, max_tokens=config.max_tokens)
+
+
+def item_grader(config: JudgeRewardConfig):
+    """Return the per-item grader of `diagnosis-zero judge` for `config`, on the shared cache file."""
+    import openai  # noqa: F401 - imported here, at setup, so the first request's latency is the judge's
+
+    from diagnosis_zero import judge_items
+
+    return judge_items.ItemGrader(endpoint(config), judge_items.JudgeCache(config.cache))
 
 
 # ---------------------------------------------------------------------------------------------
