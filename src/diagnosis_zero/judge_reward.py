@@ -20,8 +20,8 @@ verl 0.9.1 (its naive reward manager awaits an async `compute_score`): point
 by path, so imports are absolute and the judge client is imported only when first needed.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: verl loads this file by path without registering it in
+# sys.modules, where dataclasses would look string annotations up.
 import asyncio
 import dataclasses
 import logging
