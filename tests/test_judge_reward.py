@@ -401,5 +401,8 @@ def test_plan_rejects_a_bad_judge_reward_before_loading_a_model(tmp_path, tiny_m
         train.plan_run(None, {**overrides, "judge_reward": "{base_url: http://127.0.0.1:9/v1, partial_reward: 2}"})
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         train.plan_run(None, {**overrides, "judge_reward": "{judge_model: gpt-4o}"})
+    with pytest.raises(ConfigError, match="reward_weights"):
+        train.plan_run(None, {**overrides, "judge_reward": "{base_url: http://127.0.0.1:9/v1}",
+                              "reward_weights": "[1, 1, 1]"})
     plan = train.plan_run(None, {**overrides, "judge_reward": "{base_url: http://127.0.0.1:9/v1, concurrency: 8}"})
     assert plan.judge_config.concurrency == 8 and plan.judge_config.base_url == "http://127.0.0.1:9/v1"

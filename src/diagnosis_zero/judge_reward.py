@@ -103,6 +103,21 @@ def config_from_mapping(mapping: Mapping[str, Any]) -> JudgeRewardConfig:
     return JudgeRewardConfig(**{name: value for name, value in mapping.items()})
 
 
+def check_recipe(mapping: Mapping[str, Any], levels: reward.RewardConfig,
+                 reward_weights: Sequence[float] | None = None) -> JudgeRewardConfig:
+    """Return the JudgeRewardConfig of a recipe's `judge_reward`, after every check that can fail
+    before training: fields, levels, the Orphanet file, the API key, the number of reward weights."""
+    config = config_from_mapping(mapping)
+    JudgeReward(config, levels)
+    from diagnosis_zero import judge_items
+
+    judge_items.api_key(endpoint(config))  # OpenAI itself needs a key in the environment
+    if reward_weights is not None and len(reward_weights) != 4:
+        raise ConfigError("reward_weights", "with judge_reward there are 4 reward functions (judge, accuracy, "
+                          f"format, language; default weights 1, 0, 1, 1), got {len(reward_weights)} weights")
+    return config
+
+
 def partial_level(config: JudgeRewardConfig, levels: reward.RewardConfig) -> float:
     """Return the reward for a judge score of 1: strictly between the wrong and correct levels."""
     value = (levels.wrong_reward + levels.correct_reward) / 2 if config.partial_reward is None else config.partial_reward

@@ -114,11 +114,7 @@ def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resum
     if recipe.judge_reward:
         from diagnosis_zero import judge_reward
 
-        judge_config = judge_reward.config_from_mapping(recipe.judge_reward)
-        judge_reward.JudgeReward(judge_config, reward_config)  # checks levels and the Orphanet file now
-        from diagnosis_zero import judge_items
-
-        judge_items.api_key(judge_reward.endpoint(judge_config))  # OpenAI itself needs a key in the environment
+        judge_config = judge_reward.check_recipe(recipe.judge_reward, reward_config, grpo_kwargs.get("reward_weights"))
 
     if recipe.data is not None:
         data_dir = Path(os.path.expanduser(recipe.data))
