@@ -7,7 +7,8 @@ with skewed frequencies, some correct (the rules match them), some malformed or 
 rest wrong names, Orphanet parents and synonyms (the judge). For each latency it prints seconds per
 step, judge calls per step after the prefilter and de-duplication, the second epoch's cache hit rate
 and seconds per step, and the ratios against the targets (<= 0.5 s at 50 ms, <= 3 s at 500 ms,
-<= 0.1 s from the cache; a ratio <= 1 meets the target). The baseline measured in the same run is the
+<= 0.1 s from the cache; a ratio <= 1 meets the target), then one step against a judge that is down
+and one against a judge that never answers, against the step deadline. The baseline measured in the same run is the
 rule reward alone on the same steps, and the floor is ceil(calls / concurrency) x latency.
 
     .venv/bin/python benchmarks/bench_judge_reward.py [--steps 4] [--concurrency 32] [--latencies 0.05 0.5]
@@ -73,15 +74,15 @@ def make_steps(steps: int, seed: int = 0) -> list[tuple[list[str], list[dict]]]:
     return batches
 
 
-async def run_epochs(judge: JudgeReward, batches) -> list[list[tuple[float, object]]]:
-    """Return, per epoch (2), per step: (seconds, StepStats)."""
+async def run_epochs(judge: JudgeReward, batches) -> list[list[tuple[float, float, object]]]:
+    """Return, per epoch (2), per step: (wall seconds, CPU seconds of this process, StepStats)."""
     epochs = []
     for _ in range(2):
         steps = []
         for completions, truths in batches:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             _, stats = await judge.score(completions, truths)
-            steps.append((time.perf_counter() - start, stats))
+            steps.append((time.perf_counter() - start, time.process_time() - cpu, stats))
         epochs.append(steps)
     return epochs
 
@@ -116,17 +117,42 @@ def bench(latency: float, args, batches) -> dict:
     finally:
         server.terminate()
         server.wait()
-    calls = [stats.calls for _, stats in first]
+    calls = [stats.calls for _, _, stats in first]
     return {
         "latency": latency,
-        "step_s": statistics.median(t for t, _ in first),
+        "step_s": statistics.median(t for t, _, _ in first),
+        "cpu_s": statistics.median(c for _, c, _ in first),
         "calls": statistics.mean(calls),
-        "routed": statistics.mean(stats.routed for _, stats in first),
-        "fallbacks": sum(stats.fallbacks for _, stats in first + second),
+        "routed": statistics.mean(stats.routed for _, _, stats in first),
+        "fallbacks": sum(stats.fallbacks for _, _, stats in first + second),
         "floor_s": statistics.mean(math.ceil(c / args.concurrency) * latency for c in calls),
-        "cached_step_s": statistics.median(t for t, _ in second),
-        "hit_rate": sum(s.cache_hits for _, s in second) / max(1, sum(s.pairs for _, s in second)),
+        "cached_step_s": statistics.median(t for t, _, _ in second),
+        "p50": statistics.median(s.metrics().get("judge_latency_p50", 0.0) for _, _, s in first),
+        "p95": statistics.median(s.metrics().get("judge_latency_p95", 0.0) for _, _, s in first),
+        "hit_rate": sum(s.cache_hits for _, _, s in second) / max(1, sum(s.pairs for _, _, s in second)),
     }
+
+
+def bench_faults(args, batch) -> None:
+    """Print how long a step takes when the judge is down or hangs, against its deadline."""
+    hanging = subprocess.Popen([sys.executable, str(ROOT / "tests" / "judge_server.py"), "--latency", "600"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        hanging_url = f"http://127.0.0.1:{int(hanging.stdout.readline().split()[1])}/v1"
+        with tempfile.TemporaryDirectory() as tmp:
+            for what, url in (("down (connection refused)", "http://127.0.0.1:9/v1"), ("hanging", hanging_url)):
+                config = JudgeRewardConfig(base_url=url, judge_model="fake-judge", deadline=args.deadline,
+                                           cache=str(Path(tmp) / f"{len(what)}.sqlite"), concurrency=args.concurrency)
+                judge = JudgeReward(config)
+                start = time.perf_counter()
+                _, stats = asyncio.run(judge.score(*batch))
+                seconds = time.perf_counter() - start
+                print(f"judge {what}: step of {len(batch[0])} completions in {seconds:.2f} s, "
+                      f"fallback rate {stats.metrics()['judge_fallback_rate']:.2f}; "
+                      f"ratio to the {args.deadline} s deadline: {seconds / args.deadline:.2f}")
+    finally:
+        hanging.kill()
+        hanging.wait()
 
 
 def main() -> int:
@@ -134,6 +160,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=4, help="steps per epoch")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--latencies", type=float, nargs="+", default=[0.05, 0.5])
+    parser.add_argument("--deadline", type=float, default=2.0, help="step deadline for the down/hanging judge")
     args = parser.parse_args()
     os.environ.setdefault("OPENAI_API_KEY", "sk-bench-not-a-real-key")
     batches = make_steps(args.steps)
@@ -148,9 +175,12 @@ def main() -> int:
               f"{row['calls']:.1f} calls/step after de-duplication; floor {row['floor_s']:.3f} s, "
               f"{row['step_s'] / rule_s:.0f}x the rule reward)"
               + (f"; ratio to the {target} s target: {row['step_s'] / target:.2f}" if target else ""))
+        print(f"  CPU in this process: {row['cpu_s']:.3f} s/step; judge latency p50 {row['p50']:.3f} s, "
+              f"p95 {row['p95']:.3f} s (request sent to verdict, queueing included)")
         print(f"  second epoch: cache hit rate {row['hit_rate']:.2f}, {row['cached_step_s'] * 1000:.1f} ms/step; "
               f"ratio to the {CACHED_TARGET} s target: {row['cached_step_s'] / CACHED_TARGET:.2f}; "
               f"fallbacks: {row['fallbacks']}")
+    bench_faults(args, batches[0])
     return 0
 
 
