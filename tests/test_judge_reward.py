@@ -270,6 +270,7 @@ def test_a_slow_judge_falls_back_at_the_deadline_and_its_late_verdict_fills_the_
 
         (first, first_stats), (second, second_stats) = asyncio.run(two_steps())
         assert [r["judge_fallback"] for r in first] == [1] * 4 and first_stats.fallbacks == 4
+        assert first_stats.calls == 1  # sent, not answered in time
         assert [r["score"] for r in first] == [pytest.approx(0.1)] * 4  # the rule reward: wrong
         assert [r["score"] for r in second] == [pytest.approx(0.55)] * 4
         assert second_stats.cache_hits == 1 and second_stats.fallbacks == 0 and slow.count() == 1
@@ -288,6 +289,22 @@ def test_a_judge_down_for_a_whole_step_gives_the_rule_reward(tmp_path):
     assert [r["score"] for r in results] == [r["score"] for r in rule]
     assert stats.metrics()["judge_fallback_rate"] == 1.0 and stats.routed == 12
     assert stats.calls == stats.pairs == 3 and stats.cache_hits == 0  # each distinct pair tried once, in vain
+
+
+def test_a_judge_refusing_the_key_falls_back_without_stopping_or_leaking_it(tmp_path, monkeypatch, caplog):
+    guarded = JudgeServer(api_key="sk-the-right-key").start()
+    monkeypatch.setenv("JUDGE_KEY", "sk-wrong-key-NEVER-LOGGED")
+    try:
+        judge = judge_reward.JudgeReward(config(guarded, tmp_path, api_key_env="JUDGE_KEY"))
+        for _ in range(2):  # and the next step does not ask again
+            results, stats = score(judge, [completion("Gaucher disease"), completion(LCHAD_VARIANT)])
+            assert [r["score"] for r in results] == pytest.approx([0.1, 1.0])
+            assert stats.fallbacks == 1
+        assert guarded.count(status=401) == 1
+        assert guarded.requests[0].authorization == "Bearer sk-wrong-key-NEVER-LOGGED"
+        assert "HTTP 401" in caplog.text and "NEVER-LOGGED" not in caplog.text
+    finally:
+        guarded.stop()
 
 
 KILLED_RUN = r"""

@@ -36,7 +36,7 @@ from typing import Any
 
 from diagnosis_zero import reward
 from diagnosis_zero.errors import ConfigError
-from diagnosis_zero.judge_items import default_cache_path
+from diagnosis_zero.judge_items import JudgeAbort, default_cache_path
 
 logger = logging.getLogger(__name__)
 
@@ -170,10 +170,9 @@ class StepStats:
     completions: int = 0
     routed: int = 0  # completions the rules left to the judge
     pairs: int = 0  # distinct (answer, references) pairs among them
-    calls: int = 0  # pairs sent to the endpoint (not served from the cache)
+    calls: int = 0  # pairs sent to the endpoint: not served from the cache (answered in time or not)
     cache_hits: int = 0
     fallbacks: int = 0  # routed completions that got the rule reward: no verdict before the deadline
-    judge_levels: list[float] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)  # seconds per request sent, retries included
 
     def metrics(self) -> dict[str, float]:
@@ -220,6 +219,7 @@ class JudgeReward:
         self.grader_factory = grader_factory or item_grader
         self._states: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._warned: set[str] = set()
+        self.refused: JudgeAbort | None = None  # the endpoint refused for good (bad key, unknown model)
 
     def route(self, rule: Mapping[str, Any], answer: str) -> str | None:
         """Return the text to send to the judge, or None when the rule reward stands."""
@@ -279,7 +279,6 @@ class JudgeReward:
                     result.update(judge_score=verdict.score, judge_cached=int(bool(verdict.cached)),
                                   judge_latency=latency or 0.0, level=level, acc=int(verdict.score == 2))
                     result["score"] = level - result["format_penalty"] - result["language_penalty"]
-                    stats.judge_levels.append(level)
             results.append(result)
         if stats.fallbacks:
             logger.warning("judge: %d of %d judged completions fell back to the rule reward",
@@ -288,7 +287,7 @@ class JudgeReward:
 
     async def _verdicts(self, pairs: list[tuple], deadline: float, stats: StepStats) -> dict[tuple, tuple]:
         """Return pair -> (Verdict, seconds) for the pairs answered before `deadline` (monotonic time)."""
-        if not pairs:
+        if not pairs or self.refused is not None:
             return {}
         state = self._state()
         if state is None:
@@ -300,10 +299,14 @@ class JudgeReward:
         done, _ = await asyncio.wait(tasks.values(), timeout=max(0.0, deadline - time.monotonic()))
         answered = {}
         for pair, task in tasks.items():
-            if task not in done:
+            if task not in done:  # a cache hit answers at once: this one went to the endpoint
+                stats.calls += 1
                 continue
             if task.exception() is not None:
-                self._warn_once(type(task.exception()).__name__, f"judge request failed: {task.exception()}")
+                if isinstance(task.exception(), JudgeAbort):  # retrying cannot fix it: ask no more
+                    self.refused = task.exception()
+                self._warn_once(type(task.exception()).__name__,
+                                f"judge request failed, the rule reward stands in: {task.exception()}")
                 continue
             verdict, latency = task.result()
             if verdict.error:
