@@ -19,6 +19,7 @@ from the environment, sent, and never logged or written.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
@@ -32,6 +33,9 @@ from pathlib import Path
 from diagnosis_zero.errors import ConfigError, DiagnosisZeroError
 
 log = logging.getLogger(__name__)
+
+# HTTP attempts of the request being sent by the current task (the client's request hook runs in it)
+_ATTEMPTS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("judge_attempts", default=None)
 
 # The label under which per-item judgements are keyed. It is the protocol name they were stored
 # under before the verbatim protocols existed, so caches filled by earlier runs stay valid.
@@ -212,6 +216,8 @@ class JudgeClient:
 
             async def count_attempt(request) -> None:
                 stats.attempts += 1
+                if (mine := _ATTEMPTS.get()) is not None:
+                    mine[0] += 1
 
             http_client = openai.DefaultAsyncHttpxClient(event_hooks={"request": [count_attempt]})
             self._client = openai.AsyncOpenAI(api_key=self._key, base_url=self.endpoint.base_url,
@@ -239,20 +245,19 @@ class JudgeClient:
             if self.refused is not None:  # the endpoint already refused us for good: send nothing more
                 raise self.refused
             self.stats.sent += 1
-            attempts_before = self.stats.attempts
+            attempts = [0]
+            _ATTEMPTS.set(attempts)
             try:
                 response = await client.chat.completions.create(**request)
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status in (408, 409, 429) or status >= 500:
-                    tries = self.stats.attempts - attempts_before
-                    return Reply(None, f"judge_error: HTTP {status} after {tries} attempts")
+                    return Reply(None, f"judge_error: HTTP {status} after {attempts[0]} attempts")
                 message = _redact(str(getattr(exc, "message", exc)), self._key)
                 self.refused = JudgeAbort(f"judge endpoint refused the request (HTTP {status}): {message}")
                 raise self.refused from None
             except openai.APIConnectionError as exc:  # timeouts and dropped connections, retried
-                tries = self.stats.attempts - attempts_before
-                return Reply(None, f"judge_error: {type(exc).__name__} after {tries} attempts")
+                return Reply(None, f"judge_error: {type(exc).__name__} after {attempts[0]} attempts")
             except openai.APIError as exc:  # a 200 whose body is not a chat completion
                 return Reply(None, f"judge_error: malformed response ({type(exc).__name__})")
         usage = getattr(response, "usage", None)

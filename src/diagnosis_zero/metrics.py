@@ -248,10 +248,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", action="append", choices=list(METRICS), metavar="NAME", help=(
         "metric of the model x step table (repeatable); default: top1_judge if any line is judged, else "
         f"top1_rule; one of: {', '.join(METRICS)}"))
+    parser.add_argument("--layout", default="steps", choices=("steps", "rarearena"), help=(
+        "steps: the tables above; rarearena: RareArena's table (share of cases at score 0/1/2 and Total, "
+        "top-1 and top-5, judged and error counts) per file and judge protocol"))
 
 
 def run(args) -> int:
     if not args.input:
         raise ConfigError("input", "give at least one file")
+    from diagnosis_zero import rarearena
+
+    if getattr(args, "layout", "steps") == "rarearena":
+        print(rarearena.render_rarearena_layout(args.input, args.format))
+        return 0
     print(render(summarize_files(args.input), args.format, args.metric))
+    if args.format != "json" and (note := rarearena.protocol_note(load_results(args.input))):
+        print("\n" + note)  # per-item judge figures must not be read as RareArena's
     return 0
