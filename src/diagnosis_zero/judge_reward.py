@@ -131,15 +131,19 @@ def partial_level(config: JudgeRewardConfig, levels: reward.RewardConfig) -> flo
 # What the judge may see
 
 # The characters disease names are written in: Latin (with accents), Greek letters, digits, and a
-# little punctuation. No quotes, brackets, colons, '#', '*', '<', '=' or line breaks, so an answer
-# cannot close the prompt's quoting, open a markdown section or forge a "Score 2 Set:" line.
-_NAME_CHARS = re.compile(r"[A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u0370-\u03ff \-'\u2019(),./+&]+")
-# The judge's own vocabulary. No diagnosis name needs these words; an answer that uses them talks
-# to the judge, not about the patient. ("grade" stays allowed: low-grade glioma.)
+# little punctuation. No quotes, brackets, '#', '*', '<', '=' or line breaks, so an answer cannot
+# close the prompt's quoting or open a markdown section. ':' and ';' only inside a token, as in
+# karyotypes ("t(9;22)") and enzyme names ("L-Arginine:glycine"), never as "Label: value".
+_NAME_CHARS = re.compile(r"[A-Za-z0-9\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u0370-\u03ff \-'\u2019(),./+&:;]+")
+_LOOSE_PUNCTUATION = re.compile(r"[:;](?!\S)|(?<!\S)[:;]")
+# The judge's own vocabulary. No diagnosis name needs these words (checked against every name in
+# orphanet_hypernym.json); an answer that uses them talks to the judge, not about the patient.
 _JUDGE_WORDS = re.compile(
-    r"\b(?:scor\w*|judg\w*|ignor\w*|disregard\w*|instruct\w*|prompt\w*|rules?|system|assistant|"
-    r"reply|respond\w*|output\w*|evaluat\w*|points?|answer\w*|student\w*|reference\w*)\b", re.IGNORECASE)
-_GRADE_NUMBER = re.compile(r"\bgrade\W*[0-2]\b", re.IGNORECASE)  # "grade 2" reads as a verdict
+    r"\b(?:scor(?:e|es|ed|ing)|judg\w*|ignor\w*|disregard\w*|instruct\w*|prompt\w*|rules?|assistant|"
+    r"reply|respond|evaluat\w*|answer\w*|student\w*|reference\w*)\b", re.IGNORECASE)
+# A number that reads as a verdict: "grade 2", "2 points", "X;2" ("low-grade glioma", "point mutation"
+# and "t(9;22)" stay).
+_VERDICT_NUMBER = re.compile(r"\bgrade\W*[0-2]\b|\b[0-2]\s*points?\b|[:;][0-2]\b", re.IGNORECASE)
 _WORD = re.compile(r"[^\W\d_]{3,}")
 _SPACES = re.compile(r"\s+")
 
@@ -152,9 +156,9 @@ def judge_text(answer: str, max_chars: int = 200) -> str | None:
     if "\n" in text or "\r" in text:  # a name is one line; a second line could pose as the prompt's
         return None
     text = _SPACES.sub(" ", text).rstrip(".")
-    if not text or len(text) > max_chars or not _NAME_CHARS.fullmatch(text):
+    if not text or len(text) > max_chars or not _NAME_CHARS.fullmatch(text) or _LOOSE_PUNCTUATION.search(text):
         return None
-    if _JUDGE_WORDS.search(text) or _GRADE_NUMBER.search(text) or not _WORD.search(text):
+    if _JUDGE_WORDS.search(text) or _VERDICT_NUMBER.search(text) or not _WORD.search(text):
         return None
     return text
 
