@@ -288,9 +288,11 @@ def make_reward_funcs(reward_config, assistant_prefix: str, on_batch=None, judge
     """
     import inspect
 
-    from diagnosis_zero import judge_reward, reward
+    from diagnosis_zero import reward
 
     if judge_config is not None:
+        from diagnosis_zero import judge_reward
+
         funcs, weights = judge_reward.make_trl_reward_funcs(reward_config, judge_config)
     else:
         funcs, weights = reward.make_trl_reward_funcs(reward_config)
