@@ -67,6 +67,7 @@ __all__ = [
     "ParsedCompletion", "parse_completion", "extract_answer", "parse_ranked_list", "parse_ground_truth",
     # matching
     "match_diagnosis", "similarity", "seed_similarity", "normalize_diagnosis", "is_multiple_diagnoses",
+    "is_negated",
     # Orphanet
     "Lexicon", "load_lexicon", "Hierarchy", "OrphanetEntity", "OrphanetParent", "load_hierarchy",
     # language
@@ -959,6 +960,13 @@ def is_multiple_diagnoses(answer: str) -> bool:
         return True
     items = _NUMBERED_ITEM.finditer(text)
     return next(items, None) is not None and next(items, None) is not None
+
+
+def is_negated(answer: str) -> bool:
+    """True when an answer denies a diagnosis ("Not X", "X ruled out", "No evidence of X").
+
+    Kept public: the judge reward's prefilter (judge_reward.py) sends no negated answer to the judge."""
+    return _is_negated(_strip_wrappers(_as_text(answer)))
 
 
 def _is_negated(stripped: str) -> bool:
