@@ -38,6 +38,9 @@ def test_a_mapping_of_overrides_is_the_same_command_line():
     as_mapping = configs.split_fields({}, {"max_steps": "5", "use_vllm": False, "bf16": None}, None)
     assert as_tokens == as_mapping
     assert as_mapping[1]["max_steps"] == 5 and as_mapping[1]["use_vllm"] is False and as_mapping[1]["bf16"] is True
+    _, grpo = configs.split_fields({}, {"reward_weights": "[1, 0.5, 1]"}, None)
+    assert grpo["reward_weights"] == [1.0, 0.5, 1.0]
+    assert configs.split_fields({}, {"reward_weights": [1, 0.5, 1]}, None)[1]["reward_weights"] == [1.0, 0.5, 1.0]
 
 
 @pytest.mark.parametrize("tokens,expected", [

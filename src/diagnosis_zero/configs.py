@@ -311,7 +311,8 @@ def load_recipe(spec: str | None) -> tuple[dict, Path]:
 
 
 # Overrides: command-line tokens (`["--learning-rate", "1e-5", "--use-peft"]`), or a mapping of field
-# name -> value as a caller would type it ({"max_steps": "5", "use_vllm": "false"}; None = a bare flag).
+# name -> value as a caller would type it ({"max_steps": "5", "use_vllm": "false"}; None = a bare flag;
+# a list, or its YAML text "[1, 0.5]", = the list's items as separate words).
 Overrides = list[str] | dict[str, Any]
 
 
@@ -324,6 +325,10 @@ def override_tokens(overrides: Overrides | None) -> list[str]:
     tokens: list[str] = []
     for name, value in overrides.items():
         flag = "--" + str(name).replace("-", "_")
+        if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+            import yaml  # a list written as YAML text, e.g. "[1, 0.5, 1]"
+
+            value = yaml.safe_load(value)
         if value is None:
             tokens.append(flag)
         elif isinstance(value, (list, tuple)):
