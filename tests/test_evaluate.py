@@ -13,7 +13,7 @@ from diagnosis_zero.evaluate import answer_mode, checkpoint_plan, score_completi
 
 RDC = Path(__file__).parent / "fixtures" / "rarearena" / "rdc.jsonl"
 FIELDS = {"id", "sample", "prompt", "completion", "references", "orpha_id", "prediction", "score", "acc",
-          "format", "think_present", "mixed_language", "num_tokens", "model", "step"}
+          "format", "think_present", "mixed_language", "num_tokens", "model", "step", "generation", "answer_source"}
 
 
 @pytest.fixture(scope="module")

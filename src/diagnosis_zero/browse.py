@@ -17,7 +17,6 @@ import argparse
 import html
 import logging
 import re
-import threading
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -49,8 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="orphanet_hypernym.json: show each ground truth's Orphanet name and parents")
     parser.add_argument("--model", default=None,
                         help="model to diagnose pasted cases with (local path, hub id or bundled:NAME)")
-    parser.add_argument("--template", default="r1-zero", help="prompt template for pasted cases (see prepare)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit for pasted cases, tokens")
+    parser.add_argument("--template", default=None,
+                        help="prompt template for pasted cases (see prepare); default: the run's own, else r1-zero")
+    parser.add_argument("--assistant-prefix", default=None,
+                        help="text opening the assistant turn for pasted cases; default: the run's own, else none")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="generation limit for pasted cases, tokens; default: the run's own, else 1024")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default 127.0.0.1: only this machine can connect)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
@@ -61,13 +64,8 @@ def run(args) -> int:
 
     checkpoints, warnings = load_checkpoints(args.results)
     hierarchy = load_hierarchy(args.hierarchy) if args.hierarchy else None
-    generator = None
-    if args.model:
-        from diagnosis_zero.models import load_model_and_tokenizer
-
-        logger.info("loading %s", args.model)
-        model, tokenizer = load_model_and_tokenizer(args.model)
-        generator = Generator(model, tokenizer, args.template, args.max_new_tokens)
+    generator = load_pasted_case_generator(args.model, args.template, args.assistant_prefix,
+                                           args.max_new_tokens) if args.model else None
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: anyone who can reach this machine can read these cases", args.host)
     app = make_app(checkpoints, hierarchy=hierarchy, generator=generator, warnings=warnings,
@@ -446,29 +444,27 @@ def render_diagnosis(completion: str, reference: str) -> str:
 
 
 class Generator:
-    """Streams one diagnosis at a time from a loaded model (a lock serialises requests)."""
+    """Streams one diagnosis of a pasted case at a time, through `generation.HFGenerator` (as every verb)."""
 
-    def __init__(self, model, tokenizer, template: str, max_new_tokens: int):
-        self.model, self.tokenizer = model, tokenizer
-        self.template, self.max_new_tokens = template, max_new_tokens
-        self.lock = threading.Lock()
+    def __init__(self, generator, template: str):
+        self.generator, self.template = generator, template
 
     def stream(self, case: str):
-        from transformers import TextIteratorStreamer
-
         from diagnosis_zero.data import build_prompt
 
-        messages = build_prompt(case, self.template)
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
-        with self.lock:
-            worker = threading.Thread(target=self.model.generate, daemon=True, kwargs=dict(
-                **inputs, streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id))
-            worker.start()
-            yield from (text for text in streamer if text)
-            worker.join()
+        yield from self.generator.stream(build_prompt(case, self.template))
+
+
+def load_pasted_case_generator(model: str, template: str | None = None, assistant_prefix: str | None = None,
+                               max_new_tokens: int | None = None) -> Generator:
+    """Load a model for pasted cases; unset prompting defaults to the run's own (a checkpoint's saved recipe)."""
+    from diagnosis_zero import generation
+
+    config = generation.GenerationConfig(backend="hf", assistant_prefix=assistant_prefix,
+                                         max_new_tokens=max_new_tokens, temperature=0.0)
+    config, template = generation.resolve_decoding(config, model, template, default_template="r1-zero")
+    logger.info("loading %s; %s", model, generation.prompting_record(config, template))
+    return Generator(generation.load_generator(model, config), template)
 
 
 # -------------------------------------------------------------------------------------------- app

@@ -288,21 +288,16 @@ def load_model_and_tokenizer(spec: str, dtype=None, device: str | None = None, t
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model(spec)
-    adapter_config = Path(path) / "adapter_config.json"
+    from diagnosis_zero.generation import checkpoint_sources
+
+    path, base, tokenizer_source = checkpoint_sources(spec)
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if adapter_config.is_file():
+    model = AutoModelForCausalLM.from_pretrained(base or path, dtype=dtype, trust_remote_code=trust_remote_code)
+    if base is not None:
         from peft import PeftModel
 
-        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype,
-                                                     trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
-        tokenizer_source = path if (Path(path) / "tokenizer_config.json").is_file() else resolve_model(base)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        tokenizer_source = path
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
