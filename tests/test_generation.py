@@ -25,40 +25,48 @@ def read(path):
 
 
 @pytest.fixture(scope="module")
+def lively_model(tmp_path_factory):
+    """The tiny Qwen2 with larger random weights: greedy text that varies with the prompt, not one token."""
+    from diagnosis_zero.models import save_tiny_qwen2
+
+    return save_tiny_qwen2(tmp_path_factory.mktemp("lively"), initializer_range=0.2)
+
+
+@pytest.fixture(scope="module")
 def test_split(tmp_path_factory):
     out = tmp_path_factory.mktemp("data")
     prepare_rarearena(RDC, out, split_ratio=0.5, progress=False)
     return out / "test.parquet"
 
 
-def test_every_verb_writes_the_same_text_for_the_same_model_and_prompt(tiny_model_dir, test_split, tmp_path,
+def test_every_verb_writes_the_same_text_for_the_same_model_and_prompt(lively_model, test_split, tmp_path,
                                                                        capsys):
     case = load_cases(test_split)[0]
     text = case_text_of(case, [])
     assert build_prompt(text, "r1-zero") == case["prompt"]  # the case text reads back exactly
 
     out = tmp_path / "evaluate.jsonl"
-    assert cli.main(["evaluate", "--model", str(tiny_model_dir), "--data", str(test_split), "--output", str(out),
+    assert cli.main(["evaluate", "--model", str(lively_model), "--data", str(test_split), "--output", str(out),
                      "--limit", "1", "--max-new-tokens", str(TOKENS), "--assistant-prefix", PREFIX,
                      "--backend", "hf"]) == 0
     [line] = read(out)
     expected = line["completion"]
-    assert expected.startswith(PREFIX) and len(expected) > len(PREFIX)
+    assert expected.startswith(PREFIX) and len(set(expected[len(PREFIX):])) > 5
     assert line["generation"] == {"template": "auto", "assistant_prefix": PREFIX, "max_new_tokens": TOKENS,
                                   "temperature": 0.0}
 
     # browse, pasted case: streamed piece by piece, the same text
-    pasted = load_pasted_case_generator(str(tiny_model_dir), "r1-zero", PREFIX, TOKENS)
+    pasted = load_pasted_case_generator(str(lively_model), "r1-zero", PREFIX, TOKENS)
     try:
         pieces = list(pasted.stream(text))
     finally:
         pasted.generator.close()
-    assert len(pieces) > 2 and "".join(pieces) == expected
+    assert pieces[0] == PREFIX and "".join(pieces) == expected
 
     # the generator that diagnose and evaluate-mcq load, several prompts batched with left padding
     config = generation.GenerationConfig(backend="hf", max_new_tokens=TOKENS, temperature=0.0,
                                          assistant_prefix=PREFIX, batch_size=4)
-    generator = generation.load_generator(str(tiny_model_dir), config)
+    generator = generation.load_generator(str(lively_model), config)
     try:
         others = [c["prompt"] for c in load_cases(test_split)[1:3]]
         [[(alone, _)]] = generator.generate([case["prompt"]])
@@ -66,12 +74,13 @@ def test_every_verb_writes_the_same_text_for_the_same_model_and_prompt(tiny_mode
     finally:
         generator.close()
     assert PREFIX + alone == expected and PREFIX + batched[0][0][0] == expected
+    assert len({text for [(text, _)] in batched}) == 3  # other prompts, other texts
 
     # diagnose prints exactly this completion's reasoning and answer
     case_file = tmp_path / "case.txt"
     case_file.write_text(text)
     capsys.readouterr()
-    assert cli.main(["diagnose", "--model", str(tiny_model_dir), "--case-file", str(case_file), "--backend", "hf",
+    assert cli.main(["diagnose", "--model", str(lively_model), "--case-file", str(case_file), "--backend", "hf",
                      "--max-new-tokens", str(TOKENS), "--assistant-prefix", PREFIX]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith(describe(expected) + "\n")
@@ -93,10 +102,10 @@ TINY = ["--max-completion-length", "10", "--num-generations", "4", "--prompts-pe
 
 
 @pytest.fixture(scope="module")
-def grpo_run(tiny_model_dir, tmp_path_factory):
+def grpo_run(lively_model, tmp_path_factory):
     run = tmp_path_factory.mktemp("grpo") / "demo-run"
-    assert cli.main(["train", "--model", str(tiny_model_dir), "--output-dir", str(run), *TINY]) == 0
-    overrides = {"model": str(tiny_model_dir), "demo_cases": "40", "output_dir": str(run.parent / "unused")}
+    assert cli.main(["train", "--model", str(lively_model), "--output-dir", str(run), *TINY]) == 0
+    overrides = {"model": str(lively_model), "demo_cases": "40", "output_dir": str(run.parent / "unused")}
     data_dir = train.prepared_data_dir(train.plan_run(None, overrides).recipe)
     return run, data_dir / "test.parquet"
 
@@ -105,12 +114,12 @@ def _validation(run: Path, step: int) -> dict[str, str]:
     return {r["id"]: r["completion"] for r in read(run / generation.VALIDATION_FILE) if r["step"] == step}
 
 
-def test_a_run_saves_its_recipe_and_prompting(grpo_run, tiny_model_dir):
+def test_a_run_saves_its_recipe_and_prompting(grpo_run, lively_model):
     run, _ = grpo_run
     saved = json.loads((run / generation.RUN_FILE).read_text())
     assert saved == json.loads((run / "checkpoint-2" / generation.RUN_FILE).read_text())
     prompting = saved["prompting"]
-    assert prompting["model"] == str(tiny_model_dir) and prompting["assistant_prefix"] == PREFIX
+    assert prompting["model"] == str(lively_model) and prompting["assistant_prefix"] == PREFIX
     assert prompting["template"].startswith("{case}\nWhat is the diagnosis?") and prompting["max_new_tokens"] == 10
     assert saved["recipe"]["validation_max_cases"] == 3 and saved["grpo"]["max_completion_length"] == 10
     assert generation.saved_run(run / "checkpoint-2") == saved
@@ -121,7 +130,6 @@ def test_a_checkpoint_evaluated_and_browsed_without_flags_writes_what_validation
     run, test_split = grpo_run
     at_0, at_2 = _validation(run, 0), _validation(run, 2)
     assert len(at_2) == 3 and all(c.startswith(PREFIX) for c in at_2.values())
-    assert at_0 != at_2  # two steps at lr 1e-2 changed the policy
 
     out = tmp_path / "results"
     assert cli.main(["evaluate", "--checkpoints", str(run), "--data", str(test_split), "--output-dir", str(out),
@@ -137,6 +145,14 @@ def test_a_checkpoint_evaluated_and_browsed_without_flags_writes_what_validation
     assert cli.main(["evaluate", "--model", str(run / "checkpoint-2"), "--data", str(test_split), "--output",
                      str(one), "--limit", "3", "--batch-size", "1", "--backend", "hf"]) == 0
     assert {r["id"]: r["completion"] for r in read(one)} == at_2
+    # explicit flags win over the run's prompting
+    flagged = tmp_path / "flagged.jsonl"
+    assert cli.main(["evaluate", "--model", str(run / "checkpoint-2"), "--data", str(test_split), "--output",
+                     str(flagged), "--limit", "3", "--backend", "hf", "--assistant-prefix", "", "--max-new-tokens",
+                     "4"]) == 0
+    lines = read(flagged)
+    assert all(r["num_tokens"] <= 4 and not r["completion"].startswith(PREFIX) for r in lines)
+    assert {(r["generation"]["assistant_prefix"], r["generation"]["max_new_tokens"]) for r in lines} == {("", 4)}
 
     cases = {c["id"]: c for c in load_cases(test_split)}
     template = generation.saved_run(run)["prompting"]["template"]

@@ -311,8 +311,12 @@ def load_model_and_tokenizer(spec: str, dtype=None, device: str | None = None, t
 
 
 def save_tiny_qwen2(output_dir, tokenizer_spec: str = DEFAULT_MODEL, hidden_size: int = 32,
-                    num_layers: int = 2, seed: int = 0) -> Path:
-    """Save a tiny random-init Qwen2 (a few MB) with a real tokenizer, for tests and benchmarks."""
+                    num_layers: int = 2, seed: int = 0, initializer_range: float = 0.02) -> Path:
+    """Save a tiny random-init Qwen2 (a few MB) with a real tokenizer, for tests and benchmarks.
+
+    At the default `initializer_range` greedy decoding repeats one token; 0.2 gives varied,
+    prompt-dependent text (tests that compare texts need that).
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -321,7 +325,7 @@ def save_tiny_qwen2(output_dir, tokenizer_spec: str = DEFAULT_MODEL, hidden_size
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=4096, tie_word_embeddings=True,
+        max_position_embeddings=4096, tie_word_embeddings=True, initializer_range=initializer_range,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
