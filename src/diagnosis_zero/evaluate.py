@@ -94,7 +94,8 @@ def _score_raw_list(case: dict, completion: str, reward_options: dict, top_k: in
     from diagnosis_zero import reward
 
     config = reward.resolve_config(**reward_options)
-    items = reward.parse_ranked_list(completion)
+    # RareArena's requested format ends each line with ';' ("1. Disease A;"): not part of the name
+    items = [item for raw in reward.parse_ranked_list(completion) if (item := raw.rstrip(";").strip())]
     lexicon = reward.load_lexicon(config.lexicon) if config.lexicon and config.method == "clinical" else None
     rank = next((position for position, item in enumerate(items[:top_k], start=1)
                  if reward.match_diagnosis(item, case["references"], config.method, lexicon,
