@@ -45,10 +45,6 @@ log = logging.getLogger(__name__)
 TEMPLATE_CHOICES = ("auto", "r1-zero", "rarearena-top5", "rarearena")
 TOPK = 5  # RareArena's ranked list
 
-# The old dataclass->argparse copy is gone; `judge` (another verb) still imports these names from here.
-add_config_arguments = add_dataclass_arguments
-config_from_args = dataclass_from_args
-
 
 # ---------------------------------------------------------------------------------------------
 # Scoring and records

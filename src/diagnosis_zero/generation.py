@@ -10,8 +10,8 @@ A training run carries its own prompting: `train` writes `RUN_FILE` (docs/format
 folder and into each `checkpoint-N`. Given a run or checkpoint, `resolve_decoding` defaults the
 template, assistant prefix and generation length to what the run used; an explicit flag wins.
 
-Also here: LoRA adapter base resolution (`checkpoint_sources`), and resumable output files
-(`generate_into`, `resume_jsonl`, `record_key`, `model_label`).
+Also here: LoRA adapter base resolution (`adapter_base`, `checkpoint_sources`), and resumable output
+files (`generate_into`, `record_key`, `model_label`; reading one back is `io.resume_jsonl`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 from diagnosis_zero import rarearena
 from diagnosis_zero.errors import ConfigError, InputFileError
-from diagnosis_zero.io import append_jsonl, iter_jsonl
+from diagnosis_zero.io import append_jsonl, resume_jsonl  # resume_jsonl: io's torn-tail policy
 
 log = logging.getLogger(__name__)
 
@@ -347,28 +347,6 @@ def load_generator(model_spec: str, config: GenerationConfig):
 
 # ---------------------------------------------------------------------------------------------
 # Resumable outputs and record keys
-
-try:  # the shared reader with the torn-tail policy, where io.py provides it
-    from diagnosis_zero.io import resume_jsonl  # type: ignore[attr-defined]
-except ImportError:
-    def resume_jsonl(path: str | os.PathLike) -> list[dict]:
-        """Return the records already in a resumable output file (none if it does not exist).
-
-        A crash can leave a last line without its newline: that partial line is cut off the file
-        (and its case redone), so appending never glues a new record onto it.
-        """
-        path = Path(path)
-        if not path.exists():
-            return []
-        with open(path, "rb+") as fh:
-            content = fh.read()
-            if content and not content.endswith(b"\n"):
-                keep = content.rfind(b"\n") + 1
-                log.warning("%s: dropping a partial last line left by an interrupted run (%d bytes)",
-                            path, len(content) - keep)
-                fh.truncate(keep)
-        return [record for _, record in iter_jsonl(path)]
-
 
 def record_key(record: dict) -> tuple[str, int]:
     """The identity of an output line: case id and sample index."""
