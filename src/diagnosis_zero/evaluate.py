@@ -31,10 +31,9 @@ from pathlib import Path
 from diagnosis_zero import generation
 from diagnosis_zero.cli import add_dataclass_arguments, dataclass_from_args
 from diagnosis_zero.errors import ConfigError
-from diagnosis_zero.generation import (  # noqa: F401  (re-exported: judge and older callers import them here)
+from diagnosis_zero.generation import (  # noqa: F401  (record_key, resume_jsonl: judge imports them from here)
     GenerationConfig,
     generate_into,
-    load_generator,
     model_label,
     record_key,
     resume_jsonl,
