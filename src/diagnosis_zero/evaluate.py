@@ -85,22 +85,21 @@ def score_completion(case: dict, completion: str, mode: str, reward_options: dic
 
 
 def _score_raw_list(case: dict, completion: str, reward_options: dict, top_k: int) -> dict:
-    """Score an untagged ranked list (RareArena's protocol): the first of the top k items that matches."""
+    """Score an untagged ranked list (RareArena's protocol) exactly as the reward scores a ranked answer
+    block: the list is read from the raw text, then handed to `compute_score` in top-k mode (no format
+    penalties: the protocol asks for no tags)."""
     from diagnosis_zero import reward
 
-    config = reward.resolve_config(**reward_options)
     # RareArena's requested format ends each line with ';' ("1. Disease A;"): not part of the name
     items = [item for raw in reward.parse_ranked_list(completion) if (item := raw.rstrip(";").strip())]
-    lexicon = reward.load_lexicon(config.lexicon) if config.lexicon and config.method == "clinical" else None
-    rank = next((position for position, item in enumerate(items[:top_k], start=1)
-                 if reward.match_diagnosis(item, case["references"], config.method, lexicon,
-                                           orpha_id=case["orpha_id"] or None, threshold=config.fuzzy_threshold)), 0)
-    mixed = reward.is_mixed_language(completion)
-    level = config.correct_reward * config.rank_reward(rank) if rank else config.wrong_reward
-    penalty = config.language_penalty if config.language_check and mixed else 0.0
-    return {"prediction": items[:top_k], "score": float(level - penalty), "acc": int(rank > 0),
+    block = "<answer>\n" + "\n".join(f"{n}. {item}" for n, item in enumerate(items, start=1)) + "\n</answer>"
+    truth = {"diagnosis": case["references"], "orpha_id": case["orpha_id"]}
+    result = reward.compute_score(case["data_source"], block, truth, None,
+                                  **dict(reward_options, topk=top_k, strict_format=False))
+    return {"prediction": items[:top_k], "score": result["score"], "acc": int(result["acc"]),
             "format": int(bool(items)), "think_present": bool(reward.parse_completion(completion).think_present),
-            "mixed_language": bool(mixed), "rank": rank, "answer_source": "raw"}
+            "mixed_language": bool(reward.is_mixed_language(completion)), "rank": int(result["rank"]),
+            "answer_source": "raw"}
 
 
 def case_text_of(case: dict, templates: list[str]) -> str:
