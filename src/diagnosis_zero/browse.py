@@ -183,7 +183,7 @@ def make_app(checkpoints: dict[str, list[dict]], *, hierarchy=None, generator: G
     from werkzeug.wrappers import Request, Response
 
     names = list(checkpoints)
-    shown_filters = filters(orphanet)
+    shown_filters = filters(orphanet, remember=True)
     notes = "".join(f'<p class="warning">{html.escape(w)}</p>' for w in warnings or [])
 
     def page(body: str, status: int = 200) -> Response:

@@ -44,20 +44,32 @@ def disagreement_method(orphanet=()) -> str:
     return "clinical+lexicon" if orphanet else "clinical"
 
 
-def filters(orphanet=()) -> dict:
+def filters(orphanet=(), remember: bool = False) -> dict:
     """Return the list page's filters: name -> (button label, predicate on a record).
 
     "rule wrong, judge right" and "rule right, judge wrong" are `agreement.disagrees` under
     `disagreement_method(orphanet)`, split by the judge's verdict, so browse shows exactly the
-    cases `diagnosis-zero agreement` writes to disagreements.csv for that method.
+    cases `diagnosis-zero agreement` writes to disagreements.csv for that method. `remember`: grade
+    each record once and keep it (for an app that serves the same records on every page).
     """
     method, files = disagreement_method(orphanet), tuple(str(p) for p in orphanet or ())
+    # Each list page counts every filter over every record. Keyed by the record object, which the
+    # entry keeps alive, so an id is never reused for another record.
+    verdicts: dict[int, tuple[dict, bool]] = {}
+
+    def disagreement(record: dict) -> bool:
+        entry = verdicts.get(id(record))
+        if entry is None or entry[0] is not record:
+            entry = (record, bool(disagrees(record, method, files)))
+            if remember:
+                verdicts[id(record)] = entry
+        return entry[1]
 
     def rule_wrong_judge_right(record: dict) -> bool:
-        return judge_score(record) == 2 and bool(disagrees(record, method, files))
+        return judge_score(record) == 2 and disagreement(record)
 
     def rule_right_judge_wrong(record: dict) -> bool:
-        return judge_score(record) in (0, 1) and bool(disagrees(record, method, files))
+        return judge_score(record) in (0, 1) and disagreement(record)
 
     return {
         "all": ("all", lambda r: True),
