@@ -207,7 +207,7 @@ def _checkpoint_label(name: str) -> str:
     return name.replace("step-", "step ") if name.startswith("step-") else name
 
 
-def page_list(checkpoints, name: str, filter_name: str, query: str, filters: dict = FILTERS) -> str:
+def page_list(checkpoints, name: str, filter_name: str, query: str, filter_set: dict = FILTERS) -> str:
     records = checkpoints[name]
     q = query.lower().strip()
     if q:
@@ -217,8 +217,8 @@ def page_list(checkpoints, name: str, filter_name: str, query: str, filters: dic
         f'<a class="{"active" if f == filter_name else ""}" data-filter="{f}" '
         f'href="{_link("/", ckpt=name, filter=f, q=query)}">{html.escape(label)} '
         f"({sum(1 for r in records if pred(r))})</a>"
-        for f, (label, pred) in filters.items())
-    shown = [r for r in records if filters[filter_name][1](r)]
+        for f, (label, pred) in filter_set.items())
+    shown = [r for r in records if filter_set[filter_name][1](r)]
     options = "".join(f'<option value="{html.escape(n)}"{" selected" if n == name else ""}>'
                       f"{html.escape(_checkpoint_label(n))} ({len(c)})</option>" for n, c in checkpoints.items())
     rows = "".join(
