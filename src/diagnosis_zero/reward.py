@@ -834,6 +834,7 @@ class Hierarchy:
 
 
 _HIERARCHIES: dict[str, Hierarchy] = {}
+_HIERARCHY_LOCK = threading.Lock()  # not the lexicon's lock: a lexicon from the JSON loads through here
 
 
 def load_hierarchy(path: str | os.PathLike) -> Hierarchy:
@@ -846,7 +847,7 @@ def load_hierarchy(path: str | os.PathLike) -> Hierarchy:
     hierarchy = _HIERARCHIES.get(key)
     if hierarchy is not None:
         return hierarchy
-    with _LEXICON_LOCK:
+    with _HIERARCHY_LOCK:
         hierarchy = _HIERARCHIES.get(key)
         if hierarchy is None:
             hierarchy = _HIERARCHIES[key] = _read_hierarchy(key, os.fspath(path))
