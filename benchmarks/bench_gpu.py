@@ -133,11 +133,11 @@ def save_random_model(shape: shapes.QwenShape, out: Path, device: str) -> Path:
     return out
 
 
-def prepare_data(out: Path) -> Path:
-    """Write HPO demo cases with the original study's prompt (r1-zero template) to `out`."""
+def prepare_data(out: Path, template: str) -> Path:
+    """Write 200 HPO demo cases with `template` (the original study's prompt: r1-zero) to `out`."""
     from diagnosis_zero import data
 
-    data.prepare_hpo(out, num_cases=200, seed=0, template="r1-zero", progress=False)
+    data.prepare_hpo(out, num_cases=200, seed=0, template=template, progress=False)
     return out
 
 
@@ -180,8 +180,9 @@ def grpo_steps(model_dir: Path, data_dir: Path, out: Path, mode: str, settings: 
         "max_steps": str(settings["steps"]), "use_vllm": "false", "use_peft": "true" if mode == "lora" else "false",
         "max_completion_length": str(settings["completion_tokens"]),
         "prompts_per_step": str(settings["prompts"]), "num_generations": str(settings["generations"]),
+        "per_device_train_batch_size": str(settings["micro_batch"]),  # the recipe's 8 on a GPU
         # validation at step 0 and after the last step exercises the greedy HF path; it is not timed
-        "validation_steps": str(settings["steps"]), "validation_max_cases": "8",
+        "validation_steps": str(settings["steps"]), "validation_max_cases": str(settings["validation_cases"]),
         "validation_max_tokens": "16", "validation_batch_size": "8",
         "save_steps": "100000", "save_only_model": "true", "report_to": "none", "logging_steps": "1",
     }
@@ -304,12 +305,14 @@ def run(args) -> dict:
     gpu = shapes.gpu_spec(gpu_name) if gpu_name else None
     memory_gb = torch.cuda.get_device_properties(0).total_memory / 1e9 if device == "cuda" else None
     if args.tiny:
+        # A 152k vocabulary makes even a tiny model's logits the cost on a CPU: few, short sequences.
         targets = {"tiny": shapes.TINY}
-        settings = {"steps": 2, "prompts": 2, "generations": 4, "completion_tokens": 16, "eval_batch": 64}
+        settings = {"steps": 2, "prompts": 2, "generations": 2, "completion_tokens": 8, "eval_batch": 8, "micro_batch": 4,
+                    "validation_cases": 2, "template": "{case}\nWhat is the diagnosis?"}
     else:
         targets = {size: shapes.QWEN25[size] for size in args.shapes.split(",")}
-        settings = {"steps": args.steps, "prompts": 8, "generations": 16,
-                    "completion_tokens": args.completion_tokens, "eval_batch": 64}
+        settings = {"steps": args.steps, "prompts": 8, "generations": 16, "validation_cases": 8, "micro_batch": 8,
+                    "completion_tokens": args.completion_tokens, "eval_batch": 64, "template": "r1-zero"}
     models.bundled_tokenizer_dir("qwen2.5-tokenizer")
     install_timers()
     started = time.perf_counter()
@@ -318,7 +321,7 @@ def run(args) -> dict:
               "versions": _versions(), "recipe": RECIPE, "settings": settings, "train": [], "evaluate": []}
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         work = Path(tmp)
-        data_dir = prepare_data(work / "data")
+        data_dir = prepare_data(work / "data", settings["template"])
         for size, shape in targets.items():
             model_dir = save_random_model(shape, work / f"model-{size}", device)
             for mode in args.modes.split(","):

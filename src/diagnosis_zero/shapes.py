@@ -210,3 +210,14 @@ def describe_assumptions(lengths: Lengths = Lengths()) -> list[str]:
                      + (f", CPU offload over PCIe {setup.pcie_bytes_per_s / 1e9:.0f} GB/s, CPU AdamW "
                         f"{setup.cpu_adam_params_per_s / 1e9:.1f}B params/s per rank" if setup.cpu_offload else ""))
     return lines
+
+
+def format_cost_table(lengths: Lengths = Lengths()) -> str:
+    """Return `cost_table` as the markdown table in docs/train.md (a test keeps the two equal)."""
+    lines = ["| recipe | setup | generation s | log-probs s | update s | sync + offload s | s/step | "
+             f"hours for {lengths.steps:,} steps |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in cost_table(lengths):
+        lines.append(f"| {row['recipe']} | {row['setup']} | {row['generation_s']:.1f} | {row['logprobs_s']:.1f} | "
+                     f"{row['update_s']:.1f} | {row['sync_s'] + row['offload_s']:.1f} | {row['step_s']:.1f} | "
+                     f"{row['hours']:.1f} |")
+    return "\n".join(lines)
