@@ -323,12 +323,13 @@ def run(args) -> dict:
         work = Path(tmp)
         data_dir = prepare_data(work / "data", settings["template"])
         for size, shape in targets.items():
-            model_dir = save_random_model(shape, work / f"model-{size}", device)
+            spent = time.perf_counter() - started > args.budget
+            model_dir = None if spent else save_random_model(shape, work / f"model-{size}", device)
             for mode in args.modes.split(","):
                 entry = {"shape": size, "model": shape.name, "parameters": shapes.parameter_count(shape),
                          "mode": mode}
                 reason = fits(shape, mode, memory_gb)
-                if reason is None and time.perf_counter() - started > args.budget:
+                if reason is None and (spent or time.perf_counter() - started > args.budget):
                     reason = f"time budget of {args.budget:.0f} s spent"
                 if reason:
                     report["train"].append({**entry, "status": "skipped", "reason": reason})
@@ -337,8 +338,10 @@ def run(args) -> dict:
                 result = grpo_steps(model_dir, data_dir, work / f"run-{size}-{mode}", mode, settings)
                 add_mfu(result, shape, gpu)
                 report["train"].append({**entry, "status": "ok", **result})
+            if model_dir is None:
+                continue
             report["evaluate"].append({"shape": size, **evaluate_speed(model_dir, data_dir, settings)})
-            for path in sorted(model_dir.iterdir()):
+            for path in sorted(model_dir.iterdir()):  # 15 GB for 7B: free the disk before the next shape
                 path.unlink()
     report["extrapolation"] = {"assumptions": [*shapes.describe_assumptions(),
                                                f"vLLM decode speed-up over HF generate: {VLLM_SPEEDUP:g}x"],
