@@ -904,6 +904,10 @@ _OTHER_SCRIPT = re.compile(
 # Greek letters are medical symbols (β-thalassemia, κ light chains); a run of three is a Greek word.
 _GREEK_LETTER = re.compile("[\u0370-\u03ff\u1f00-\u1fff]")
 _GREEK_WORD = re.compile("[\u0370-\u03ff\u1f00-\u1fff]{3,}")
+# A run of other-language text as is_mixed_language counts it (other-script letters, Greek words),
+# spaces and digits inside it included: what `browse` highlights, so highlight and flag agree.
+OTHER_LANGUAGE_RUN = re.compile(f"(?:{_OTHER_SCRIPT.pattern}|{_GREEK_WORD.pattern})+"
+                                f"(?:[\\s\\d]+(?:{_OTHER_SCRIPT.pattern}|{_GREEK_WORD.pattern})+)*")
 _WORDS = re.compile(r"[^\W\d_]+")
 # Function words of Spanish, French, Italian, Portuguese, German and Dutch that English medical
 # text does not use (so: not 'a', 'in', 'die', 'per', 'non', 'von', 'van', 'do', 'as').

@@ -30,7 +30,7 @@ from typing import Any
 
 from diagnosis_zero import configs
 from diagnosis_zero.errors import ConfigError
-from diagnosis_zero.io import append_jsonl, iter_jsonl, write_text_atomic
+from diagnosis_zero.io import append_jsonl, read_jsonl, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,9 @@ METRICS_FILE = "metrics.jsonl"
 COMPLETIONS_FILE = "completions.jsonl"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
-# TRL log key -> metrics.jsonl key (docs/formats.md); other finite numbers keep TRL's names.
+# TRL log key -> metrics.jsonl key (docs/formats.md); other finite numbers keep TRL's names. The
+# callback renames TRL's logs in place before the reporting integrations see them, so TensorBoard
+# (as `train/KEY`), W&B and the others show metrics.jsonl's names too.
 METRIC_NAMES = {
     "reward": "reward_mean",
     "completions/mean_length": "completion_length_mean",
@@ -350,6 +352,8 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
         "val_accuracy": sum(r["acc"] for r in results) / n,
         "val_format_rate": sum(r["format"] for r in results) / n,
         "val_think_rate": sum(r["think_present"] for r in results) / n,
+        # think dropped: an answer but no think block (the one definition, metrics.think_dropped)
+        "val_think_dropped_rate": sum(bool(r["pred"]) and not r["think_present"] for r in results) / n,
         "val_mixed_language_rate": sum(r["mixed_language"] for r in results) / n,
         "val_completion_length_mean": sum(by_index[i][1] for i in range(n)) / n,
     }
@@ -421,28 +425,43 @@ def _greedy_vllm(trainer, prompt_ids: list[list[int]], max_new_tokens: int) -> l
 
 # ---------------------------------------------------------------- logs
 
+def metric_name(key: str) -> str:
+    """Return the metrics.jsonl name of a TRL log key (docs/formats.md); our own names map to themselves."""
+    if key.startswith("rewards/") and key.endswith("/mean"):
+        return key[:-len("/mean")]
+    if key.startswith("rewards/") and key.endswith("/std"):
+        return key[:-len("/std")] + "_std"
+    return METRIC_NAMES.get(key, key)
+
+
+def rename_logs(logs: dict) -> None:
+    """Rename TRL's log keys in place to metrics.jsonl's names (for the loggers that read `logs` next)."""
+    for key in list(logs):
+        name = metric_name(key)
+        if name != key:
+            logs[name] = logs.pop(key)
+
+
 def metrics_row(logs: dict, step: int, elapsed: float) -> dict:
     """Return the metrics.jsonl line for TRL's `logs` at `step` (docs/formats.md names; no NaN)."""
     row: dict[str, Any] = {"step": step}
     for key, value in logs.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        if key.startswith("rewards/") and key.endswith("/mean"):
-            name = key[:-len("/mean")]
-        elif key.startswith("rewards/") and key.endswith("/std"):
-            name = key[:-len("/std")] + "_std"
-        else:
-            name = METRIC_NAMES.get(key, key)
-        row[name] = value
+        row[metric_name(key)] = value
     row["time"] = round(elapsed, 3)
     return row
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Return the JSON objects of a JSON Lines log, skipping a torn last line (kill -9)."""
+    """Return the JSON objects of a JSON Lines log (io.read_jsonl's torn-tail policy; other bad lines
+    are skipped with a warning: the log is rewritten from the good ones on resume)."""
     if not path.is_file():
         return []
-    return [record for _, record in iter_jsonl(path, skip_invalid=True, errors=[])]
+    lines = read_jsonl(path, skip_bad=True)
+    for error in lines.bad_lines:
+        logger.warning("%s (line skipped)", error)
+    return lines.records
 
 
 def truncate_log(path: Path, last_step: int) -> list[dict]:
@@ -483,13 +502,16 @@ def _make_callback(run: RunState):
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
+            logs = logs if logs is not None else {}
             if not state.is_world_process_zero or SUMMARY_KEYS & set(logs):
                 return
-            row = metrics_row(logs, state.global_step, run.elapsed())
+            # In place, before the reporting callbacks (see _log_names_first): TensorBoard and the
+            # others log metrics.jsonl's names, validation included.
+            rename_logs(logs)
             if run.pending_validation:
-                row.update(run.pending_validation)
+                logs.update(run.pending_validation)
                 run.pending_validation = None
+            row = metrics_row(logs, state.global_step, run.elapsed())
             run.write_row(row)
             if "reward_mean" in row:
                 logger.info("step %d: reward %.3f, format %.2f, think %.2f, accuracy %.2f, %.0f tokens, %.1f s",
@@ -647,9 +669,11 @@ def train(plan: TrainPlan) -> dict:
         peft_config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
                                  target_modules=targets[0] if targets == ["all-linear"] else targets,
                                  task_type="CAUSAL_LM")
+    callback = _make_callback(run)
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[_make_callback(run)])
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
     run.trainer = trainer
+    _log_names_first(trainer, callback)
     _quiet_progress(trainer)
 
     def on_sigint(signum, frame):
@@ -684,6 +708,13 @@ def _load_indexed_cpu_locations(torch) -> None:
 
     torch.serialization.register_package(30, lambda storage: None, deserialize)
     _load_indexed_cpu_locations.done = True
+
+
+def _log_names_first(trainer, callback) -> None:
+    """Put our callback first, so its on_log renames TRL's keys before the reporting integrations
+    (TensorBoard, W&B, ...) log them: Trainer puts those before the `callbacks` it is given."""
+    trainer.callback_handler.callbacks.remove(callback)
+    trainer.callback_handler.callbacks.insert(0, callback)
 
 
 def _quiet_progress(trainer) -> None:
