@@ -12,10 +12,11 @@ downloaded. Then:
 - per recipe (1.5B/3B/7B), the time of 1,500 steps at 1024/1024 tokens on 8 such GPUs with TRL + vLLM
   colocate and with verl, from these measurements plus the stated assumptions (`shapes.step_seconds`).
 
-Prints one table and writes the figures as JSON. About 5 minutes on one H100/H200.
+Prints one table and writes the figures as JSON. Estimated at about 5 minutes on one H100/H200 (not yet
+measured: no GPU was at hand when it was written); `--budget` skips the remaining runs past 420 s.
 
     python benchmarks/bench_gpu.py [--output bench_gpu.json] [--shapes 0.5b,1.5b,7b] [--steps 3]
-    python benchmarks/bench_gpu.py --tiny      # the same code on a tiny shape on the CPU, < 1 minute
+    python benchmarks/bench_gpu.py --tiny      # the same code on a tiny shape on the CPU (~1-2 min idle)
 
 Timing hooks (a pinned shim on trl==1.16.0 method names, read-only wrappers that time and count, checked at
 start so a TRL upgrade fails loudly instead of reporting zeros): `GRPOTrainer._generate` (rollouts),
