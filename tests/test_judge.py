@@ -347,3 +347,32 @@ def test_item_grader_api_grades_caches_and_looks_up(tmp_path, server):
     verdict = asyncio.run(grade_all(["Fabry disease"]))[0]
     assert verdict.score is None and verdict.error.startswith("judge_error")
     assert grader.lookup("Fabry disease", refs, parents) is None
+
+
+def test_item_grader_forgets_a_request_whose_callers_were_cancelled(tmp_path, server):
+    """A caller cancelled by a deadline must not leave its request in flight forever: once it ends,
+    the same item is asked again rather than served a stale answer."""
+    import asyncio
+
+    from diagnosis_zero.judge_items import ItemGrader, JudgeCache, JudgeEndpoint
+
+    async def scenario():
+        server.latency = 0.3  # the caller is cancelled while its request is out
+        grader = ItemGrader(JudgeEndpoint(base_url=server.base_url, judge_model="fake-judge", timeout=10,
+                                          max_retries=0, concurrency=4),
+                            JudgeCache(tmp_path / "cache.sqlite"))
+        task = asyncio.ensure_future(grader.grade("Fabry disease", ["Fabry disease"], []))
+        await asyncio.sleep(0)
+        task.cancel()
+        for _ in range(200):  # the request itself goes on and ends
+            if not grader._in_flight:
+                break
+            await asyncio.sleep(0.05)
+        remaining = dict(grader._in_flight)
+        verdict = await grader.grade("Fabry disease", ["Fabry disease"], [])
+        await grader.close()
+        return remaining, verdict
+
+    remaining, verdict = asyncio.run(scenario())
+    assert remaining == {}
+    assert verdict.error is None and verdict.score in (0, 1, 2)

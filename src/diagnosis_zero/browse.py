@@ -25,6 +25,7 @@ from diagnosis_zero import cli
 from diagnosis_zero.browse_pages import (
     FILTERS,
     case_text,
+    filters,
     highlight_completion,
     is_correct,
     judge_score,
@@ -53,7 +54,8 @@ class BrowseConfig:
         "help": "results folders with step-N.jsonl / step-N.judged.jsonl files, or results files"})
     orphanet: list[str] | None = field(default=None, metadata={
         "aliases": ["--hierarchy"], "metavar": "PATH",
-        "help": "orphanet_hypernym.json: show each ground truth's Orphanet name and parents"})
+        "help": "Orphanet file(s): orphanet_hypernym.json shows each ground truth's Orphanet name and "
+                "parents; the judge-disagreement filters then use the clinical+lexicon rule (as `agreement`)"})
     model: str | None = field(default=None, metadata={
         "help": "model to diagnose pasted cases with (local path, hub id or bundled:NAME)"})
     template: str = field(default="r1-zero", metadata={"help": "prompt template for pasted cases (see prepare)"})
@@ -83,7 +85,7 @@ def run(args) -> int:
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: anyone who can reach this machine can read these cases", config.host)
     app = make_app(checkpoints, hierarchy=hierarchy, generator=generator, warnings=warnings,
-                   title=" ".join(config.results))
+                   title=" ".join(config.results), orphanet=config.orphanet)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     print(f"browse: http://{config.host}:{config.port}/  ({sum(map(len, checkpoints.values()))} results, "
           f"{len(checkpoints)} checkpoints; Ctrl+C to stop)", flush=True)
@@ -170,13 +172,18 @@ class Generator:
 # -------------------------------------------------------------------------------------------- app
 
 def make_app(checkpoints: dict[str, list[dict]], *, hierarchy=None, generator: Generator | None = None,
-             warnings: list[str] | None = None, title: str = "results"):
-    """Return the WSGI app serving these checkpoints."""
+             warnings: list[str] | None = None, title: str = "results", orphanet=()):
+    """Return the WSGI app serving these checkpoints.
+
+    `orphanet`: the `--orphanet` paths; with them the judge-disagreement filters use the
+    clinical+lexicon rule, as `diagnosis-zero agreement` does (browse_pages.filters).
+    """
     from werkzeug.exceptions import HTTPException, NotFound
     from werkzeug.routing import Map, Rule
     from werkzeug.wrappers import Request, Response
 
     names = list(checkpoints)
+    shown_filters = filters(orphanet, remember=True)
     notes = "".join(f'<p class="warning">{html.escape(w)}</p>' for w in warnings or [])
 
     def page(body: str, status: int = 200) -> Response:
@@ -187,9 +194,9 @@ def make_app(checkpoints: dict[str, list[dict]], *, hierarchy=None, generator: G
         name = request.args.get("ckpt") or names[-1]
         filter_name = request.args.get("filter", "all")
         filter_name = {"dropped_think": "think_dropped"}.get(filter_name, filter_name)  # its old name, in saved links
-        if name not in checkpoints or filter_name not in FILTERS:
+        if name not in checkpoints or filter_name not in shown_filters:
             raise NotFound(f"unknown checkpoint {name!r} or filter {filter_name!r}")
-        return page(page_list(checkpoints, name, filter_name, request.args.get("q", "")) + notes)
+        return page(page_list(checkpoints, name, filter_name, request.args.get("q", ""), shown_filters) + notes)
 
     def case(request):
         body = page_case(checkpoints, request.args.get("ckpt") or names[-1], request.args.get("id", ""),

@@ -33,6 +33,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "metrics": ("diagnosis_zero.metrics", "summarise evaluated or judged files as tables"),
     "report": ("diagnosis_zero.report", "plots, tables and an HTML report for training runs"),
     "browse": ("diagnosis_zero.browse", "local web app to read and compare model outputs"),
+    "agreement": ("diagnosis_zero.agreement", "how often each rule reward agrees with the LLM judge"),
 }
 
 

@@ -371,11 +371,11 @@ class ItemGrader:
             verdict = await asyncio.shield(self._in_flight[key])
             return Verdict(verdict.score, verdict.raw, verdict.error, cached=verdict.error is None)
         task = self._in_flight[key] = asyncio.ensure_future(self._send(key, answer, references, parents))
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done():
-                self._in_flight.pop(key, None)
+        # The entry leaves when the request ends, even if every caller was cancelled meanwhile (a
+        # deadline): a later call then asks again instead of reading a stale error.
+        task.add_done_callback(lambda done, key=key: self._in_flight.pop(key, None)
+                               if self._in_flight.get(key) is done else None)
+        return await asyncio.shield(task)
 
     async def _send(self, key: tuple, answer: str, references: list[str], parents: list[str]) -> Verdict:
         reply = await self.client.ask(self.client.request(item_messages(answer, references, parents)))

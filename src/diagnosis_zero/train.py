@@ -93,6 +93,7 @@ class TrainPlan:
     resume_from: Path | None
     reward_config: Any  # reward.RewardConfig
     device: str
+    judge_config: Any = None  # judge_reward.JudgeRewardConfig when the recipe sets `judge_reward`
 
 
 def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resume: bool = False) -> TrainPlan:
@@ -112,6 +113,11 @@ def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resum
         raise ConfigError("reward_preset", f"unknown preset {recipe.reward_preset!r}; choose one of "
                           f"{', '.join(reward.PRESETS)}")
     reward_config = reward.resolve_config(preset=recipe.reward_preset, **_reward_overrides(recipe))
+    judge_config = None
+    if recipe.judge_reward:
+        from diagnosis_zero import judge_reward
+
+        judge_config = judge_reward.check_recipe(recipe.judge_reward, reward_config, grpo_kwargs.get("reward_weights"))
 
     if recipe.data is not None:
         data_dir = Path(os.path.expanduser(recipe.data))
@@ -160,7 +166,8 @@ def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resum
     configs.derive_batch(recipe, grpo_kwargs, configs.world_size())
     grpo_args = _grpo_config(grpo_kwargs)
     return TrainPlan(recipe=recipe, args=grpo_args, recipe_path=recipe_path, output_dir=output_dir,
-                     resume_from=resume_from, reward_config=reward_config, device=device)
+                     resume_from=resume_from, reward_config=reward_config, device=device,
+                     judge_config=judge_config)
 
 
 def _reward_overrides(recipe: configs.RecipeConfig) -> dict:
@@ -275,24 +282,39 @@ def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConf
 
 # ---------------------------------------------------------------- rewards
 
-def make_reward_funcs(reward_config, assistant_prefix: str, on_batch=None):
-    """Return (TRL reward functions, weights): `reward.make_trl_reward_funcs` scoring prefix + completion.
+def make_reward_funcs(reward_config, assistant_prefix: str, on_batch=None, judge_config=None):
+    """Return (TRL reward functions, weights): `reward.make_trl_reward_funcs` scoring prefix + completion,
+    or with `judge_config` the judge reward's (`judge_reward.make_trl_reward_funcs`, its `judge` async).
 
     `on_batch(prompts, completions, columns)` is called once per generation batch (completions prefixed),
     e.g. to sample completions for `completions.jsonl`.
     """
+    import inspect
+
     from diagnosis_zero import reward
 
-    funcs, weights = reward.make_trl_reward_funcs(reward_config)
+    if judge_config is not None:
+        from diagnosis_zero import judge_reward
+
+        funcs, weights = judge_reward.make_trl_reward_funcs(reward_config, judge_config)
+    else:
+        funcs, weights = reward.make_trl_reward_funcs(reward_config)
+    first_sync = next(func for func in funcs if not inspect.iscoroutinefunction(func))
     wrapped = []
-    for position, func in enumerate(funcs):
-        def scored(prompts=None, completions=(), _func=func, _first=position == 0, **columns):
-            if assistant_prefix:
-                completions = [_prefixed(c, assistant_prefix) for c in completions]
-            values = _func(prompts=prompts, completions=completions, **columns)
-            if _first and on_batch is not None:
-                on_batch(prompts, completions, columns)
-            return values
+    for func in funcs:
+        if inspect.iscoroutinefunction(func):  # TRL awaits it on its event loop
+            async def scored(prompts=None, completions=(), _func=func, **columns):
+                if assistant_prefix:
+                    completions = [_prefixed(c, assistant_prefix) for c in completions]
+                return await _func(prompts=prompts, completions=completions, **columns)
+        else:
+            def scored(prompts=None, completions=(), _func=func, _first=func is first_sync, **columns):
+                if assistant_prefix:
+                    completions = [_prefixed(c, assistant_prefix) for c in completions]
+                values = _func(prompts=prompts, completions=completions, **columns)
+                if _first and on_batch is not None:
+                    on_batch(prompts, completions, columns)
+                return values
 
         scored.__name__ = scored.__qualname__ = func.__name__  # TRL logs rewards/<name>/mean
         wrapped.append(scored)
@@ -657,7 +679,8 @@ def train(plan: TrainPlan) -> dict:
     from datasets import Dataset
 
     train_dataset = Dataset.from_list(train_rows)
-    reward_funcs, weights = make_reward_funcs(plan.reward_config, recipe.assistant_prefix, run.on_reward_batch)
+    reward_funcs, weights = make_reward_funcs(plan.reward_config, recipe.assistant_prefix, run.on_reward_batch,
+                                              plan.judge_config)
     if args.reward_weights is None:
         args.reward_weights = weights
     model_init_kwargs = {"dtype": _dtype(recipe, args, plan.device, torch)}
