@@ -78,7 +78,8 @@ def run(args) -> int:
             overrides[name] = str(value)
     plan = plan_run(args.recipe, overrides, resume=args.resume)
     summary = train(plan)
-    print(format_summary(summary))
+    if summary["main_process"]:  # one summary per run, not one per process
+        print(format_summary(summary))
     return 130 if summary["interrupted"] else 0
 
 
@@ -672,6 +673,7 @@ class RunState:
 def train(plan: TrainPlan) -> dict:
     """Run GRPO for `plan`; return the summary that `format_summary` prints."""
     import torch
+    from accelerate import PartialState
     from peft import LoraConfig
     from trl import GRPOTrainer
 
@@ -680,27 +682,33 @@ def train(plan: TrainPlan) -> dict:
     recipe, args = plan.recipe, plan.args
     output_dir = plan.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Under torchrun/accelerate every process runs this; only the main one writes the logs, and it
+    # builds the shared caches (demo data, converted bundled model) before the others read them.
+    state = PartialState()
+    if plan.device == "cpu" and state.num_processes > 1:
+        _load_indexed_cpu_locations(torch)
     # Data first: a problem with it shows before the (possibly slow) model conversion and loading.
     try:
         tokenizer = models.load_tokenizer(recipe.model, trust_remote_code=args.trust_remote_code)
     except OSError as exc:  # a hub id that is not cached while offline, a folder without a tokenizer
         raise ConfigError("model", f"cannot load the tokenizer of {recipe.model}: {exc}") from None
-    data_dir = prepared_data_dir(recipe)
+    with state.main_process_first():
+        data_dir = prepared_data_dir(recipe)
     train_rows = load_split(data_dir, "train", tokenizer, recipe)
     val_cases = []
     if recipe.validation_steps:
         val_cases = load_split(data_dir, "test", tokenizer, recipe)[:recipe.validation_max_cases]
 
-    if plan.resume_from is not None:
+    rows: list[dict] = []
+    if plan.resume_from is not None and state.is_main_process:
         step = json.loads((plan.resume_from / "trainer_state.json").read_text())["global_step"]
         rows = truncate_log(output_dir / METRICS_FILE, step)
         truncate_log(output_dir / COMPLETIONS_FILE, step)
         truncate_log(output_dir / VALIDATION_FILE, step)
         logger.info("resuming from %s (step %d)", plan.resume_from, step)
-    else:
-        rows = []
     run = RunState(plan, val_cases, rows)
-    model_path = models.resolve_model(recipe.model)
+    with state.main_process_first():
+        model_path = models.resolve_model(recipe.model)
 
     from datasets import Dataset
 
@@ -742,8 +750,22 @@ def train(plan: TrainPlan) -> dict:
         "logging_dir": (os.environ.get("TENSORBOARD_LOGGING_DIR") or str(output_dir / "runs"))
         if "tensorboard" in (args.report_to or []) else None,
         "completions": str(output_dir / COMPLETIONS_FILE) if (output_dir / COMPLETIONS_FILE).is_file() else None,
-        "global_step": trainer.state.global_step,
+        "global_step": trainer.state.global_step, "main_process": state.is_main_process,
     }
+
+
+def _load_indexed_cpu_locations(torch) -> None:
+    """Let torch.load map to "cpu:N". On several CPU processes accelerate's device is torch.device("cpu", 0)
+    and transformers loads the optimizer state with that map_location on resume, which torch rejects
+    ("don't know how to restore data location ... cpu:0"); CPU memory has no index, so it is the CPU."""
+    if getattr(_load_indexed_cpu_locations, "done", False):
+        return
+
+    def deserialize(storage, location: str):
+        return storage if location.startswith("cpu:") else None
+
+    torch.serialization.register_package(30, lambda storage: None, deserialize)
+    _load_indexed_cpu_locations.done = True
 
 
 def _log_names_first(trainer, callback) -> None:
