@@ -31,6 +31,7 @@ from typing import Any
 
 from diagnosis_zero import configs
 from diagnosis_zero.errors import ConfigError
+from diagnosis_zero.generation import VALIDATION_FILE, render_prompt
 from diagnosis_zero.io import append_jsonl, read_jsonl, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,8 @@ def run(args) -> int:
             tokens.append(f"--{name}={value}")
     plan = plan_run(args.recipe, tokens, resume=args.resume)
     summary = train(plan)
-    print(format_summary(summary))
+    if summary["main_process"]:  # one summary per run, not one per process
+        print(format_summary(summary))
     return 130 if summary["interrupted"] else 0
 
 
@@ -287,8 +289,7 @@ def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConf
     rows = []
     dropped = 0
     for case in data.load_cases(data_dir / f"{split}.parquet"):
-        text = tokenizer.apply_chat_template(case["prompt"], tokenize=False, add_generation_prompt=True)
-        text += recipe.assistant_prefix
+        text = render_prompt(tokenizer, case["prompt"], recipe.assistant_prefix)
         too_long = recipe.max_prompt_tokens is not None and \
             len(tokenizer(text, add_special_tokens=False)["input_ids"]) > recipe.max_prompt_tokens
         if too_long:
@@ -371,11 +372,12 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
     """Return the `val_*` metrics of greedy decoding on `cases` with the current policy.
 
     Cases are split over the processes; each generates in batches sorted by prompt length (little
-    padding), with TRL's vLLM engine when `use_vllm` is on, else with `generate(do_sample=False)`.
+    padding), with TRL's vLLM engine when `use_vllm` is on, else with `generation.hf_generate_ids`,
+    the decoding every verb uses. The completions go to `validation.jsonl` in the run folder.
     """
     from accelerate.utils import gather_object
 
-    from diagnosis_zero import reward
+    from diagnosis_zero import generation, reward
 
     accelerator = trainer.accelerator
     tokenizer = trainer.processing_class
@@ -386,6 +388,7 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
         completion_ids = _greedy_vllm(trainer, prompt_ids, max_new_tokens)
     else:
         completion_ids = _greedy_hf(trainer, prompt_ids, max_new_tokens, recipe.validation_batch_size)
+    completion_ids = [generation.without_eos(ids, trainer.eos_token_ids) for ids in completion_ids]
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
     local = [(i, recipe.assistant_prefix + text, len(ids)) for i, text, ids in zip(mine, texts, completion_ids,
                                                                                      strict=True)]
@@ -397,6 +400,11 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
     results = reward.score_batch(completions, reward_config,
                                  reward_model=[c["reward_model"] for c in cases],
                                  extra_info=[c["extra_info"] for c in cases])
+    step = trainer.state.global_step
+    with open(Path(trainer.args.output_dir) / generation.VALIDATION_FILE, "a", encoding="utf-8") as fh:
+        append_jsonl(fh, [{"step": step, "id": c["extra_info"].get("id"), "completion": completions[i],
+                           "num_tokens": by_index[i][1], "score": r["score"]}
+                          for i, (c, r) in enumerate(zip(cases, results, strict=True))])
     n = len(results)
     return {
         "val_score": sum(r["score"] for r in results) / n,
@@ -411,23 +419,15 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
 
 
 def _rendered(tokenizer, case: dict) -> str:
-    if isinstance(case["prompt"], str):
-        return case["prompt"]
-    return tokenizer.apply_chat_template(case["prompt"], tokenize=False, add_generation_prompt=True)
+    return render_prompt(tokenizer, case["prompt"])  # a prefilled turn is rendered already (load_split)
 
 
 def _greedy_hf(trainer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
     import torch
-    from transformers import GenerationConfig
     from trl.models.utils import unwrap_model_for_generation
 
-    pad_id = trainer.processing_class.pad_token_id
-    eos_ids = list(trainer.eos_token_ids)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                              eos_token_id=eos_ids)
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    results: list[list[int]] = [[] for _ in prompt_ids]
-    device = trainer.accelerator.device
+    from diagnosis_zero.generation import hf_generate_ids
+
     with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                      gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                                      gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs
@@ -435,25 +435,13 @@ def _greedy_hf(trainer, prompt_ids: list[list[int]], max_new_tokens: int, batch_
         was_training = model.training
         model.eval()  # no dropout: greedy decoding is then deterministic
         try:
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
-                width = max(len(prompt_ids[i]) for i in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids = prompt_ids[i]
-                    input_ids[row, width - len(ids):] = torch.tensor(ids)
-                    attention_mask[row, width - len(ids):] = 1
-                output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                        generation_config=config)
-                for row, i in enumerate(batch):
-                    ids = output[row, width:].tolist()
-                    end = next((k for k, t in enumerate(ids) if t in eos_ids), len(ids))
-                    results[i] = ids[:end]
+            samples = hf_generate_ids(model, prompt_ids, pad_id=trainer.processing_class.pad_token_id,
+                                      eos_ids=list(trainer.eos_token_ids), max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size)
         finally:
             if was_training:
                 model.train()
-    return results
+    return [ids for [ids] in samples]
 
 
 def _greedy_vllm(trainer, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
@@ -472,6 +460,52 @@ def _greedy_vllm(trainer, prompt_ids: list[list[int]], max_new_tokens: int) -> l
         for name, value in saved.items():
             setattr(generation, name, value)
     return [list(ids) for ids in completion_ids]
+
+
+# ---------------------------------------------------------------- the run's own prompting
+
+def run_file(plan: TrainPlan) -> dict:
+    """Return the run's resolved recipe and prompting, as saved in the run folder and each checkpoint.
+
+    `prompting` is what `evaluate`, `browse`, `diagnose` and `evaluate-mcq` default to for this run
+    (docs/formats.md): the template of the demo data (None when `prepare` built the prompts), the
+    assistant prefix, and validation's generation length.
+    """
+    from diagnosis_zero import __version__
+
+    recipe, args = plan.recipe, plan.args
+    template = None if recipe.data is not None else (recipe.template or "r1-zero")
+    grpo = {name: getattr(args, name) for name in
+            ("max_completion_length", "temperature", "top_p", "top_k", "repetition_penalty", "num_generations",
+             "max_steps", "learning_rate", "beta", "use_vllm", "output_dir")}
+    return {
+        "diagnosis_zero": __version__, "recipe_path": str(plan.recipe_path),
+        "recipe": dataclasses.asdict(recipe), "grpo": grpo,
+        "prompting": {"model": recipe.model, "template": template, "assistant_prefix": recipe.assistant_prefix,
+                      "max_new_tokens": recipe.validation_max_tokens or args.max_completion_length,
+                      "temperature": 0.0},
+    }
+
+
+def _make_run_file_callback(plan: TrainPlan):
+    """Return a callback writing the run file into the run folder now and into each checkpoint it saves."""
+    from transformers import TrainerCallback
+
+    from diagnosis_zero.generation import RUN_FILE
+
+    text = json.dumps(run_file(plan), indent=2, ensure_ascii=False, default=str) + "\n"
+
+    class RunFileCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                write_text_atomic(plan.output_dir / RUN_FILE, text)
+
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and checkpoint.is_dir():
+                write_text_atomic(checkpoint / RUN_FILE, text)
+
+    return RunFileCallback()
 
 
 # ---------------------------------------------------------------- logs
@@ -669,6 +703,7 @@ class RunState:
 def train(plan: TrainPlan) -> dict:
     """Run GRPO for `plan`; return the summary that `format_summary` prints."""
     import torch
+    from accelerate import PartialState
     from peft import LoraConfig
     from trl import GRPOTrainer
 
@@ -677,26 +712,33 @@ def train(plan: TrainPlan) -> dict:
     recipe, args = plan.recipe, plan.args
     output_dir = plan.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Under torchrun/accelerate every process runs this; only the main one writes the logs, and it
+    # builds the shared caches (demo data, converted bundled model) before the others read them.
+    state = PartialState()
+    if plan.device == "cpu" and state.num_processes > 1:
+        _load_indexed_cpu_locations(torch)
     # Data first: a problem with it shows before the (possibly slow) model conversion and loading.
     try:
         tokenizer = models.load_tokenizer(recipe.model, trust_remote_code=args.trust_remote_code)
     except OSError as exc:  # a hub id that is not cached while offline, a folder without a tokenizer
         raise ConfigError("model", f"cannot load the tokenizer of {recipe.model}: {exc}") from None
-    data_dir = prepared_data_dir(recipe)
+    with state.main_process_first():
+        data_dir = prepared_data_dir(recipe)
     train_rows = load_split(data_dir, "train", tokenizer, recipe)
     val_cases = []
     if recipe.validation_steps:
         val_cases = load_split(data_dir, "test", tokenizer, recipe)[:recipe.validation_max_cases]
 
-    if plan.resume_from is not None:
+    rows: list[dict] = []
+    if plan.resume_from is not None and state.is_main_process:
         step = json.loads((plan.resume_from / "trainer_state.json").read_text())["global_step"]
         rows = truncate_log(output_dir / METRICS_FILE, step)
         truncate_log(output_dir / COMPLETIONS_FILE, step)
+        truncate_log(output_dir / VALIDATION_FILE, step)
         logger.info("resuming from %s (step %d)", plan.resume_from, step)
-    else:
-        rows = []
     run = RunState(plan, val_cases, rows)
-    model_path = models.resolve_model(recipe.model)
+    with state.main_process_first():
+        model_path = models.resolve_model(recipe.model)
 
     from datasets import Dataset
 
@@ -716,7 +758,8 @@ def train(plan: TrainPlan) -> dict:
                                  task_type="CAUSAL_LM")
     callback = _make_callback(run)
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
+                          processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=[_make_run_file_callback(plan), callback])
     run.trainer = trainer
     _log_names_first(trainer, callback)
     _quiet_progress(trainer)
@@ -737,8 +780,22 @@ def train(plan: TrainPlan) -> dict:
         "logging_dir": (os.environ.get("TENSORBOARD_LOGGING_DIR") or str(output_dir / "runs"))
         if "tensorboard" in (args.report_to or []) else None,
         "completions": str(output_dir / COMPLETIONS_FILE) if (output_dir / COMPLETIONS_FILE).is_file() else None,
-        "global_step": trainer.state.global_step,
+        "global_step": trainer.state.global_step, "main_process": state.is_main_process,
     }
+
+
+def _load_indexed_cpu_locations(torch) -> None:
+    """Let torch.load map to "cpu:N". On several CPU processes accelerate's device is torch.device("cpu", 0)
+    and transformers loads the optimizer state with that map_location on resume, which torch rejects
+    ("don't know how to restore data location ... cpu:0"); CPU memory has no index, so it is the CPU."""
+    if getattr(_load_indexed_cpu_locations, "done", False):
+        return
+
+    def deserialize(storage, location: str):
+        return storage if location.startswith("cpu:") else None
+
+    torch.serialization.register_package(30, lambda storage: None, deserialize)
+    _load_indexed_cpu_locations.done = True
 
 
 def _log_names_first(trainer, callback) -> None:
