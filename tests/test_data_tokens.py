@@ -1,6 +1,5 @@
 """`prepare --max-prompt-tokens`: exact prompt lengths with the real Qwen2.5 tokenizer and chat template."""
 
-import unicodedata
 from pathlib import Path
 
 import pytest
@@ -38,10 +37,7 @@ def fixture_prompts():
 def test_counts_match_one_chat_template_call_per_prompt(qwen, monkeypatch):
     prompts = fixture_prompts()
     expected = [reference_count(qwen, p) for p in prompts]
-    # The Qwen2.5 tokenizer is counted by tiktoken from the same BPE ranks; the result is identical.
-    assert prompt_tokens._tiktoken_twin(qwen) is not None
     assert prompt_tokens.prompt_token_counts(prompts, qwen) == expected
-    assert prompt_tokens.prompt_token_counts(prompts, qwen, use_tiktoken=False) == expected
     # Qwen adds its default system prompt to a lone user message, and it is counted.
     rendered = qwen.apply_chat_template([{"role": "user", "content": prompts[0]}], tokenize=False,
                                         add_generation_prompt=True)
@@ -51,11 +47,10 @@ def test_counts_match_one_chat_template_call_per_prompt(qwen, monkeypatch):
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.setattr(prompt_tokens, "TOKENIZE_BATCH", 4)
     assert prompt_tokens.prompt_token_counts(prompts, qwen) == expected
-    assert prompt_tokens.prompt_token_counts(prompts, qwen, use_tiktoken=False) == expected
 
 
-def prepared_prompts(tmp_path) -> list[str]:
-    """Every prompt `prepare` writes for the RareArena fixtures and 300 HPO demo cases (both templates)."""
+def test_counts_match_over_every_prepared_prompt(qwen, tmp_path):
+    """Every prompt `prepare` writes for the RareArena fixtures (both templates) and 300 HPO demo cases."""
     prompts = []
     for name in ("rdc.jsonl", "rds.jsonl", "rdc_benchmark.jsonl"):
         for template in data.TEMPLATES:
@@ -66,22 +61,7 @@ def prepared_prompts(tmp_path) -> list[str]:
     data.prepare_hpo(tmp_path / "hpo", num_cases=300, seed=0, progress=False)
     prompts += [c["prompt"][0]["content"] for split in data.SPLITS
                 for c in data.load_cases(tmp_path / "hpo" / f"{split}.parquet")]
-    return prompts + fixture_prompts()
-
-
-def test_tiktoken_twin_matches_the_tokenizer_token_for_token(qwen, tmp_path):
-    """The shortcut is exact: the same ids as the tokenizer for every prepared prompt after the chat
-    template (Qwen's system prompt and special tokens included), not only the same counts."""
-    twin = prompt_tokens._tiktoken_twin(qwen)
-    assert twin is not None
-    prompts = prepared_prompts(tmp_path)
     assert len(prompts) > 300
-    for prompt in prompts:
-        text = qwen.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                        add_generation_prompt=True)
-        expected = qwen(text, add_special_tokens=False)["input_ids"]
-        if unicodedata.is_normalized("NFC", text):  # others go to the tokenizer (tiktoken does not normalize)
-            assert twin.encode(text, allowed_special="all") == expected, prompt[:80]
     assert prompt_tokens.prompt_token_counts(prompts, qwen) == [reference_count(qwen, p) for p in prompts]
 
 
@@ -138,7 +118,7 @@ def test_cli_filter_with_a_tokenizer_folder(qwen_tokenizer_dir, tmp_path, capsys
 
 
 def test_another_tokenizer_is_counted_by_itself(tmp_path):
-    """A byte-level BPE trained here (not Qwen's vocabulary): no tiktoken shortcut, same exact counts."""
+    """A byte-level BPE trained here (not Qwen's vocabulary): same exact counts."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -152,7 +132,6 @@ def test_another_tokenizer_is_counted_by_itself(tmp_path):
     tokenizer.chat_template = ("{% for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>{% endfor %}"
                                "{% if add_generation_prompt %}<s>assistant: {% endif %}")
     prompts = fixture_prompts()
-    assert prompt_tokens._tiktoken_twin(tokenizer) is None
     expected = [reference_count(tokenizer, p) for p in prompts]
     assert prompt_tokens.prompt_token_counts(prompts, tokenizer) == expected
     limit = sorted(expected)[len(expected) // 2]
