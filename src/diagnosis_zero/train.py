@@ -16,6 +16,7 @@ Every configuration error is raised by `plan_run`, before any model is loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -53,12 +54,13 @@ SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_se
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # GRPOConfig fields arrive as unknown flags; argparse must not expand `--re` to `--resume`.
+    # Any other `--field VALUE` (a recipe or GRPOConfig field) arrives in `args.extra_args` and is
+    # parsed by TRL's own parser in `configs.split_fields`; argparse must not expand `--re` to `--resume`.
     parser.allow_abbrev = False
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = configs.describe_fields()
     parser.add_argument("--recipe", default=None,
-                        help=f"recipe name in {configs.RECIPES_DIR} (demo, qwen2.5-7b-instruct, ...) or a "
+                        help="recipe name (demo, qwen2.5-7b-instruct, qwen2.5-7b-instruct-original, ...) or a "
                         "YAML path (default: demo)")
     parser.add_argument("--model", default=None,
                         help="model: local HF folder, hub id or bundled:smollm2-135m-instruct")
@@ -71,12 +73,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    overrides = configs.parse_override_args(getattr(args, "extra_args", []) or [])
+    tokens = list(getattr(args, "extra_args", None) or [])
     for name in ("model", "data", "output_dir", "max_steps", "reward_preset"):
         value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = str(value)
-    plan = plan_run(args.recipe, overrides, resume=args.resume)
+        if value is not None:  # the named flags win over the same field given among the others
+            tokens.append(f"--{name}={value}")
+    plan = plan_run(args.recipe, tokens, resume=args.resume)
     summary = train(plan)
     if summary["main_process"]:  # one summary per run, not one per process
         print(format_summary(summary))
@@ -97,7 +99,7 @@ class TrainPlan:
     judge_config: Any = None  # judge_reward.JudgeRewardConfig when the recipe sets `judge_reward`
 
 
-def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resume: bool = False) -> TrainPlan:
+def plan_run(recipe_spec: str | None, overrides: configs.Overrides, *, resume: bool = False) -> TrainPlan:
     """Check the recipe, data, model spec, output dir and resume state; return what `train` needs.
 
     Raises ConfigError naming the field for anything that cannot work. Loads no model.
@@ -236,19 +238,47 @@ def previous_run_files(output_dir: Path) -> list[str]:
 # ---------------------------------------------------------------- data
 
 def prepared_data_dir(recipe: configs.RecipeConfig) -> Path:
-    """Return the data folder: `recipe.data`, or HPO demo cases prepared once into the cache."""
+    """Return the data folder: `recipe.data`, or `recipe.rarearena_file` / HPO demo cases prepared once
+    into the cache (the main process prepares, the others wait and read it)."""
     if recipe.data is not None:
         return Path(os.path.expanduser(recipe.data))
-    from diagnosis_zero import data, models
+    from diagnosis_zero import data, hpo_cases, models
 
     template = recipe.template or "r1-zero"
-    key = hashlib.sha256(data.resolve_template(template).encode()).hexdigest()[:10]
-    target = models.cache_dir() / "data" / f"hpo-n{recipe.demo_cases}-s{recipe.demo_seed}-{key}"
-    if not (target / "train.parquet").is_file() or not (target / "test.parquet").is_file():
-        logger.info("preparing %d HPO demo cases in %s", recipe.demo_cases, target)
-        data.prepare_hpo(target, num_cases=recipe.demo_cases, seed=recipe.demo_seed, template=template,
-                         progress=False)
+    template_text = data.resolve_template(template)
+    if recipe.rarearena_file is not None:
+        source = Path(os.path.expanduser(recipe.rarearena_file)).resolve()
+        stat = source.stat()
+        # The key covers all that changes the prepared cases: the file, the prompt, the length filter.
+        key = hashlib.sha256(json.dumps([str(source), stat.st_size, stat.st_mtime_ns, template_text,
+                                         recipe.max_prompt_tokens, recipe.model]).encode()).hexdigest()[:10]
+        target = models.cache_dir() / "data" / f"rarearena-{source.stem}-{key}"
+    else:
+        # The key covers all that changes the cases: count, seed, prompt, generator and hpo3 versions.
+        target = models.cache_dir() / "data" / hpo_cases.cache_name(recipe.demo_cases, recipe.demo_seed,
+                                                                     template_text)
+    with _main_process_first():
+        if not (target / "train.parquet").is_file() or not (target / "test.parquet").is_file():
+            if recipe.rarearena_file is not None:
+                logger.info("preparing %s in %s", source, target)
+                tokenizer = recipe.model if recipe.max_prompt_tokens is not None else None
+                summary = data.prepare_rarearena(source, target, template=template,
+                                                 max_prompt_tokens=recipe.max_prompt_tokens, tokenizer=tokenizer)
+                logger.info("prepared data:\n%s", summary.format())
+            else:
+                logger.info("preparing %d HPO demo cases in %s", recipe.demo_cases, target)
+                data.prepare_hpo(target, num_cases=recipe.demo_cases, seed=recipe.demo_seed, template=template,
+                                 progress=False)
     return target
+
+
+def _main_process_first():
+    """Under accelerate/torchrun, let the main process prepare the data while the others wait."""
+    if configs.world_size() == 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()
 
 
 def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConfig) -> list[dict]:
