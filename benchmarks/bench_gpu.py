@@ -8,7 +8,7 @@ downloaded. Then:
   Qwen recipe's settings (bf16 autocast, gradient checkpointing, 8 prompts x 16 generations, reference
   model for the KL term, validation) at reduced lengths, for full fine-tuning and LoRA: generation and
   training tokens/s, step time split into generation / reference log-probs / update, peak GPU memory, MFU;
-- `evaluate`'s HF backend (`evaluate.HFGenerator`): tokens/s at batch 64, greedy;
+- `evaluate`'s HF backend (`generation.HFGenerator`): tokens/s at batch 64, greedy;
 - per recipe (1.5B/3B/7B), the time of 1,500 steps at 1024/1024 tokens on 8 such GPUs with TRL + vLLM
   colocate and with verl, from these measurements plus the stated assumptions (`shapes.step_seconds`).
 
@@ -235,12 +235,13 @@ def add_mfu(result: dict, shape: shapes.QwenShape, gpu: shapes.GpuSpec | None) -
 
 def evaluate_speed(model_dir: Path, data_dir: Path, settings: dict) -> dict:
     """Time `evaluate`'s HF backend on `batch` prompts, greedy: tokens/s."""
-    from diagnosis_zero import data, evaluate
+    from diagnosis_zero import data, generation
 
     batch = settings["eval_batch"]
     prompts = [case["prompt"] for case in data.load_cases(data_dir / "train.parquet")][:batch]
-    config = evaluate.GenerationConfig(backend="hf", batch_size=batch, max_new_tokens=settings["completion_tokens"])
-    generator = evaluate.HFGenerator(str(model_dir), config)
+    config = generation.GenerationConfig(backend="hf", batch_size=batch, max_new_tokens=settings["completion_tokens"],
+                                         temperature=0.0, assistant_prefix="")
+    generator = generation.HFGenerator(str(model_dir), config)
     try:
         config.max_new_tokens = 2
         generator.generate(prompts[:2])  # warm-up: kernels, allocator
