@@ -71,6 +71,9 @@ class DecodingConfig:
                 "Default: a training run's own prefix, else none"})
     gpu_memory_utilization: float = field(default=0.6, metadata={
         "help": "vllm: fraction of GPU memory for weights and KV cache (the original study: 0.6)"})
+    generation_kwargs: str | None = field(default=None, metadata={
+        "help": "hf: a JSON object of extra transformers GenerationConfig settings, e.g. "
+                "'{\"sequence_bias\": [[[ids], 5.0]]}'"})
 
 
 @dataclass
@@ -79,6 +82,47 @@ class GenerationConfig(DecodingConfig):
 
     num_samples: int = field(default=1, metadata={
         "help": "completions per prompt (needs temperature > 0 to differ); each is one output line"})
+
+
+TOOL_NAMES = ("search_by_phenotypes", "disease_info")  # tools.TOOLS, without loading the tools module
+DEFAULT_MAX_TOOL_CALLS = 4
+
+
+@dataclass
+class ToolConfig:
+    """The tool loop at test time (`tool_use.run_tool_loop`): which tools, and how many calls."""
+
+    tools: list[str] | None = field(default=None, metadata={
+        "choices": TOOL_NAMES, "metavar": "NAME",
+        "help": "tools the model may call before it answers (the recipe's `tools`); default: a training run's "
+                "own, else none"})
+    max_tool_calls: int | None = field(default=None, metadata={
+        "help": f"tool calls per case; default: a training run's own, else {DEFAULT_MAX_TOOL_CALLS}"})
+
+
+def resolve_tools(config: ToolConfig, model_spec: str | os.PathLike | None) -> ToolConfig:
+    """Return `config` with unset tools and call limit taken from the run's saved recipe (explicit flags win)."""
+    recipe = saved_run(model_spec).get("recipe", {})
+    tools = config.tools if config.tools is not None else list(recipe.get("tools") or []) or None
+    limit = config.max_tool_calls if config.max_tool_calls is not None else recipe.get("max_tool_calls")
+    limit = DEFAULT_MAX_TOOL_CALLS if limit is None else int(limit)
+    if limit < 1:
+        raise ConfigError("max_tool_calls", f"must be at least 1, got {limit}")
+    unknown = [name for name in tools or () if name not in TOOL_NAMES]
+    if unknown:
+        raise ConfigError("tools", f"unknown tool(s) {', '.join(unknown)}; known: {', '.join(TOOL_NAMES)}")
+    return ToolConfig(tools=tools, max_tool_calls=limit)
+
+
+def configure_tools(config: ToolConfig, orphanet: list[str] | None, model_spec=None) -> None:
+    """Point the tools at the Orphanet files: `--orphanet` when given, else the run's recipe's own."""
+    if not config.tools:
+        return
+    from diagnosis_zero import tools
+
+    files = orphanet if orphanet else saved_run(model_spec).get("recipe", {}).get("orphanet")
+    if files:
+        tools.configure(orphanet=[os.path.expanduser(p) for p in files])
 
 
 # A template whose protocol fixes its own decoding (RareArena's `eval/run.py`: no prefill either).
@@ -187,8 +231,22 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def generation_kwargs(config) -> dict:
+    """Return `--generation-kwargs` read as a JSON object ({} when unset)."""
+    text = getattr(config, "generation_kwargs", None)
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError("generation_kwargs", f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError("generation_kwargs", "must be a JSON object")
+    return value
+
+
 def _hf_generation_config(max_new_tokens: int, temperature: float, top_p: float, num_samples: int,
-                          pad_id: int, eos_ids: list[int]):
+                          pad_id: int, eos_ids: list[int], extra: dict | None = None):
     from transformers import GenerationConfig as HFGenerationConfig
 
     # Every knob explicit: transformers fills unset ones from the model's generation_config.json,
@@ -196,19 +254,20 @@ def _hf_generation_config(max_new_tokens: int, temperature: float, top_p: float,
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 \
         else {"do_sample": False}
     return HFGenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=num_samples, pad_token_id=pad_id,
-                              eos_token_id=eos_ids, repetition_penalty=1.0, **sampling)
+                              eos_token_id=eos_ids, repetition_penalty=1.0, **sampling, **(extra or {}))
 
 
 def hf_generate_ids(model, prompt_ids: list[list[int]], *, pad_id: int, eos_ids: list[int], max_new_tokens: int,
                     batch_size: int, temperature: float = 0.0, top_p: float = 1.0, num_samples: int = 1,
-                    seed: int = 0, streamer=None) -> list[list[list[int]]]:
+                    seed: int = 0, streamer=None, extra: dict | None = None) -> list[list[list[int]]]:
     """Return, per prompt, `num_samples` completions as token ids, cut after the first eos (kept).
 
-    Prompts are batched by length (little left padding); greedy when `temperature` is 0.
+    Prompts are batched by length (little left padding); greedy when `temperature` is 0. `extra`:
+    further GenerationConfig settings (`--generation-kwargs`).
     """
     import torch
 
-    config = _hf_generation_config(max_new_tokens, temperature, top_p, num_samples, pad_id, eos_ids)
+    config = _hf_generation_config(max_new_tokens, temperature, top_p, num_samples, pad_id, eos_ids, extra)
     device = model.device
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     results: list[list[list[int]]] = [[] for _ in prompt_ids]
@@ -262,7 +321,7 @@ class HFGenerator:
     def _options(self) -> dict:
         c = self.config
         return {"pad_id": self.tokenizer.pad_token_id, "eos_ids": self.eos_ids, "max_new_tokens": c.max_new_tokens,
-                "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed}
+                "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed, "extra": generation_kwargs(c)}
 
     def generate(self, prompts: list[list[dict]]) -> list[list[tuple[str, int]]]:
         """Return, per prompt, `num_samples` (completion text after the prefix, completion tokens)."""
@@ -271,6 +330,38 @@ class HFGenerator:
                                   num_samples=getattr(self.config, "num_samples", 1), **self._options())
         return [[(self.tokenizer.decode(without_eos(sample, self.eos_ids), skip_special_tokens=True), len(sample))
                  for sample in samples] for samples in ids]
+
+    def generate_with_tools(self, prompt: list[dict], tool_config: ToolConfig, sample: int = 0, *,
+                            case_text: str | None = None, case_id: str | None = None) -> tuple[dict, int]:
+        """Return (trajectory, model tokens) of one case through `tool_use.run_tool_loop`, as train validates.
+
+        The prompt gets the tool system message and the tools' schemas (the model's chat template, else
+        the documented Qwen2.5 fallback); the assistant prefix opens the first turn only, as in training.
+        `max_new_tokens` bounds all the model's turns together. One case at a time: each turn waits on the
+        previous tool result. The trajectory's last reply (`final_answer`) is what gets scored.
+        """
+        from diagnosis_zero import tool_use, tools
+
+        funcs = tools.resolve_tools(tool_config.tools)
+        tool_use.ensure_tool_template(self.tokenizer)
+        options = dict(self._options(), seed=self.config.seed + sample)
+        produced = [0]
+
+        def reply(messages: list[dict]) -> str:
+            first = not any(m.get("role") == "assistant" for m in messages)
+            prefix = self.config.assistant_prefix if first else ""
+            text = self.tokenizer.apply_chat_template(messages, tools=funcs, tokenize=False,
+                                                      add_generation_prompt=True) + prefix
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            budget = max(1, self.config.max_new_tokens - produced[0])
+            with self.lock:
+                [[out]] = hf_generate_ids(self.model, [ids], batch_size=1, **dict(options, max_new_tokens=budget))
+            produced[0] += len(out)
+            return prefix + self.tokenizer.decode(without_eos(out, self.eos_ids), skip_special_tokens=True)
+
+        trajectory = tool_use.run_tool_loop(reply, tool_use.tool_prompt(prompt), funcs, tool_config.max_tool_calls,
+                                            case_text=case_text, case_id=case_id)
+        return trajectory, produced[0]
 
     def stream(self, prompt: list[dict]) -> Iterator[str]:
         """Yield the completion of one prompt piece by piece, starting with the assistant prefix."""
@@ -301,6 +392,9 @@ class VLLMGenerator:
                               "machine, or use --backend hf")
         from vllm import LLM, SamplingParams
 
+        if generation_kwargs(config):
+            raise ConfigError("generation_kwargs", "--generation-kwargs is for the hf backend")
+
         from diagnosis_zero.models import load_tokenizer
 
         self.config = config
@@ -329,14 +423,21 @@ class VLLMGenerator:
         gc.collect()
 
 
-def load_generator(model_spec: str, config: GenerationConfig):
-    """Return the generator of the configured backend for a model spec (config already resolved)."""
+def load_generator(model_spec: str, config: GenerationConfig, tool_config: ToolConfig | None = None):
+    """Return the generator of the configured backend for a model spec (config already resolved).
+
+    With tools the backend is hf (the tool loop runs turn by turn through transformers).
+    """
     num_samples = getattr(config, "num_samples", 1)
     if num_samples < 1:
         raise ConfigError("num_samples", "must be at least 1")
     if num_samples > 1 and config.temperature <= 0:
         raise ConfigError("num_samples", "several samples need --temperature > 0 (greedy gives one answer)")
     backend = config.backend
+    if tool_config is not None and tool_config.tools:
+        if backend == "vllm":
+            raise ConfigError("backend", "--tools runs its loop with --backend hf (vLLM is not wired for tools)")
+        backend = "hf"
     if backend == "auto":
         import torch
 
@@ -363,13 +464,15 @@ def model_label(model_spec: str) -> tuple[str, int | None]:
 
 
 def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tuple[str, list[dict]]],
-                  to_record: Callable[[str, int, list[dict], str, int], dict],
-                  config: GenerationConfig) -> list[dict]:
+                  to_record: Callable[..., dict], config: GenerationConfig,
+                  tool_config: ToolConfig | None = None) -> list[dict]:
     """Generate completions for the `(id, prompt)` pairs not yet in `output`, appending per batch.
 
     `to_record(id, sample, prompt, completion, num_tokens)` builds each line; the completion starts
-    with the configured assistant prefix, since the model continued it. Returns every line
-    of the output, old and new. Nothing is loaded when there is nothing left to do.
+    with the configured assistant prefix, since the model continued it. With tools
+    (`tool_config.tools`), each case runs the tool loop: the completion is the final answer and
+    `to_record` also gets `trajectory=` (docs/formats.md). Returns every line of the output, old
+    and new. Nothing is loaded when there is nothing left to do.
     """
     from tqdm import tqdm
 
@@ -382,7 +485,8 @@ def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tupl
         log.info("%s: %d cases already done, %d to go", output, len(prompts) - len(todo), len(todo))
     if not todo:
         return done
-    generator = load_generator(model_spec, config)
+    generator = load_generator(model_spec, config, tool_config)
+    with_tools = tool_config is not None and bool(tool_config.tools)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     # vLLM schedules its own batches; feeding it a handful of prompts at a time would starve it
     step = config.batch_size if isinstance(generator, HFGenerator) else max(config.batch_size, VLLM_MIN_BATCH)
@@ -391,13 +495,30 @@ def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tupl
         with open(output, "a", encoding="utf-8") as fh, tqdm(total=len(todo), unit="case", desc="generate") as bar:
             for start in range(0, len(todo), step):
                 batch = todo[start:start + step]
-                completions = generator.generate([prompt for _, prompt in batch])
-                records = [to_record(case_id, s, prompt, config.assistant_prefix + text, num_tokens)
-                           for (case_id, prompt), samples_out in zip(batch, completions, strict=True)
-                           for s, (text, num_tokens) in enumerate(samples_out) if (case_id, s) not in done_keys]
+                if with_tools:
+                    records = [_tool_record(generator, tool_config, to_record, case_id, s, prompt)
+                               for case_id, prompt in batch for s in samples if (case_id, s) not in done_keys]
+                else:
+                    completions = generator.generate([prompt for _, prompt in batch])
+                    records = [to_record(case_id, s, prompt, config.assistant_prefix + text, num_tokens)
+                               for (case_id, prompt), samples_out in zip(batch, completions, strict=True)
+                               for s, (text, num_tokens) in enumerate(samples_out) if (case_id, s) not in done_keys]
                 append_jsonl(fh, records)
                 written += records
                 bar.update(len(batch))
     finally:
         generator.close()
     return done + written
+
+
+def case_text_for_guard(prompt: list[dict]) -> str:
+    """Return the text the leakage guard keeps out of tool results: the case's user message(s)."""
+    return "\n".join(m["content"] for m in prompt if m.get("role") == "user" and isinstance(m.get("content"), str))
+
+
+def _tool_record(generator, tool_config: ToolConfig, to_record, case_id: str, sample: int, prompt: list[dict]) -> dict:
+    # an id of a few characters (e.g. "7") would blank every such digit run in the results (ORPHA codes)
+    guarded_id = case_id if len(str(case_id)) >= 4 else None
+    trajectory, num_tokens = generator.generate_with_tools(prompt, tool_config, sample,
+                                                           case_text=case_text_for_guard(prompt), case_id=guarded_id)
+    return to_record(case_id, sample, prompt, trajectory["final_answer"], num_tokens, trajectory=trajectory)
