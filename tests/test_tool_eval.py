@@ -113,7 +113,7 @@ def test_tools_default_to_the_runs_own_and_flags_win(tmp_path):
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--tools", "disease_info", "--backend", "vllm"], "--backend hf"),
-    (["--generation-kwargs", "[1, 2]"], "generation_kwargs: must be a JSON object"),
+    (["--generation-kwargs", "[1, 2]"], "'generation_kwargs': must be a JSON object"),
 ])
 def test_bad_tool_options_are_clear_errors(tiny_model_dir, test_split, tmp_path, capsys, extra, message):
     argv = ["evaluate", "--model", str(tiny_model_dir), "--data", str(test_split), "--output",
