@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from diagnosis_zero import cli, generation, models, tool_use, tools
-from diagnosis_zero.data import load_cases, prepare_rarearena
+from diagnosis_zero.data import build_prompt, load_cases, prepare_rarearena
 from diagnosis_zero.errors import ConfigError
 from diagnosis_zero.evaluate import answer_mode, score_completion
 
@@ -128,3 +128,19 @@ def test_an_unknown_tool_is_refused_by_the_parser(tiny_model_dir, test_split, tm
                   str(tmp_path / "x.jsonl"), "--tools", "web_search"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'web_search'" in capsys.readouterr().err
+
+
+def test_diagnose_with_tools_prints_each_call_its_result_and_the_answer(tiny_model_dir, tmp_path, capsys):
+    """The same forcing as above on the pasted case's prompt; the answer turn is the model's own."""
+    text = "A 3-year-old girl with seizures, microcephaly and developmental delay."
+    case_file = tmp_path / "case.txt"
+    case_file.write_text(text)
+    forced = forced_first_call(tiny_model_dir, {"prompt": build_prompt(text, "r1-zero")})
+    assert cli.main(["diagnose", "--model", str(tiny_model_dir), "--case-file", str(case_file), "--backend", "hf",
+                     "--max-new-tokens", "50", "--tools", "search_by_phenotypes", "--generation-kwargs", forced]) == 0
+    printed = capsys.readouterr().out
+    assert 'Tool calls: 1\n  1. search_by_phenotypes(findings=["seizure", "microcephaly"])\n     | ' in printed
+    result_lines = [line for line in printed.splitlines() if line.startswith("     | ")]
+    assert any("ORPHA:" in line for line in result_lines)
+    assert printed.index("Tool calls:") < printed.index("Reasoning:") < printed.index("Answer")
+    assert "tools search_by_phenotypes (up to 4 calls)" in printed
