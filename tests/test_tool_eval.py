@@ -14,8 +14,9 @@ import json
 from pathlib import Path
 
 import pytest
+from werkzeug.test import Client
 
-from diagnosis_zero import cli, generation, models, tool_use, tools
+from diagnosis_zero import browse, browse_pages, cli, generation, models, tool_use, tools
 from diagnosis_zero.data import build_prompt, load_cases, prepare_rarearena
 from diagnosis_zero.errors import ConfigError
 from diagnosis_zero.evaluate import answer_mode, score_completion
@@ -144,3 +145,24 @@ def test_diagnose_with_tools_prints_each_call_its_result_and_the_answer(tiny_mod
     assert any("ORPHA:" in line for line in result_lines)
     assert printed.index("Tool calls:") < printed.index("Reasoning:") < printed.index("Answer")
     assert "tools search_by_phenotypes (up to 4 calls)" in printed
+
+
+def test_browse_streams_a_pasted_cases_tool_loop_and_scores_its_final_answer(tiny_model_dir):
+    """browse's /api/diagnose with tools, on the tiny model with the same forced first turn."""
+    text = "A 3-year-old girl with seizures, microcephaly and developmental delay."
+    forced = forced_first_call(tiny_model_dir, {"prompt": build_prompt(text, "r1-zero")})
+    config = generation.GenerationConfig(backend="hf", max_new_tokens=50, temperature=0.0, assistant_prefix="",
+                                         generation_kwargs=forced)
+    tool_config = generation.ToolConfig(tools=["search_by_phenotypes"], max_tool_calls=2)
+    pasted = browse.Generator(generation.load_generator(str(tiny_model_dir), config, tool_config), "r1-zero",
+                              tool_config)
+    client = Client(browse.make_app({"step-0": [{"id": "x", "prompt": [], "completion": ""}]}, generator=pasted))
+    streamed = client.post("/api/diagnose", data={"case": text}).get_data(as_text=True)
+    sections = streamed.split("── ")
+    assert sections[1].startswith("model turn\n<tool_call>")
+    assert sections[2].startswith("result of search_by_phenotypes\n") and "ORPHA:" in sections[2]
+    assert sections[-1].startswith(browse_pages.ANSWER_MARKER[3:])
+    final = streamed.rsplit(browse_pages.ANSWER_MARKER, 1)[1]
+    assert sections[-2] == f"model turn\n{final}\n\n"  # the answer is the model's own last turn
+    rendered = client.post("/api/render", data={"completion": streamed, "reference": "Angelman syndrome"})
+    assert "ORPHA:" not in rendered.get_data(as_text=True)  # only the final answer is rendered and scored

@@ -426,9 +426,17 @@ def page_diagnose() -> str:
             f'<div id="rendered"></div><script>{_DIAGNOSE_JS}</script>')
 
 
+ANSWER_MARKER = "── final answer\n"  # in a pasted case's streamed tool timeline: what follows is scored
+
+
 def render_diagnosis(completion: str, reference: str) -> str:
-    """HTML for a finished pasted-case diagnosis: highlighted output plus the rule's reading of it."""
+    """HTML for a finished pasted-case diagnosis: highlighted output plus the rule's reading of it.
+
+    A streamed tool timeline is scored on its final answer only (after `ANSWER_MARKER`), as evaluate does.
+    """
     from diagnosis_zero import reward
+
+    completion = completion.rsplit(ANSWER_MARKER, 1)[-1]
 
     if reference.strip():
         result = reward.compute_score(solution_str=completion,

@@ -332,13 +332,15 @@ class HFGenerator:
                  for sample in samples] for samples in ids]
 
     def generate_with_tools(self, prompt: list[dict], tool_config: ToolConfig, sample: int = 0, *,
-                            case_text: str | None = None, case_id: str | None = None) -> tuple[dict, int]:
+                            case_text: str | None = None, case_id: str | None = None,
+                            on_message: Callable[[dict], None] | None = None) -> tuple[dict, int]:
         """Return (trajectory, model tokens) of one case through `tool_use.run_tool_loop`, as train validates.
 
         The prompt gets the tool system message and the tools' schemas (the model's chat template, else
         the documented Qwen2.5 fallback); the assistant prefix opens the first turn only, as in training.
         `max_new_tokens` bounds all the model's turns together. One case at a time: each turn waits on the
         previous tool result. The trajectory's last reply (`final_answer`) is what gets scored.
+        `on_message(message)` sees each model reply and tool result as it comes (browse streams them).
         """
         from diagnosis_zero import tool_use, tools
 
@@ -347,7 +349,14 @@ class HFGenerator:
         options = dict(self._options(), seed=self.config.seed + sample)
         produced = [0]
 
+        seen = [None]  # messages already shown: the first call's are the prompt
+
         def reply(messages: list[dict]) -> str:
+            if on_message is not None:
+                for message in messages[len(messages) if seen[0] is None else seen[0]:]:
+                    if message.get("role") == "tool":
+                        on_message(message)
+                seen[0] = len(messages)
             first = not any(m.get("role") == "assistant" for m in messages)
             prefix = self.config.assistant_prefix if first else ""
             text = self.tokenizer.apply_chat_template(messages, tools=funcs, tokenize=False,
@@ -357,7 +366,10 @@ class HFGenerator:
             with self.lock:
                 [[out]] = hf_generate_ids(self.model, [ids], batch_size=1, **dict(options, max_new_tokens=budget))
             produced[0] += len(out)
-            return prefix + self.tokenizer.decode(without_eos(out, self.eos_ids), skip_special_tokens=True)
+            text = prefix + self.tokenizer.decode(without_eos(out, self.eos_ids), skip_special_tokens=True)
+            if on_message is not None:
+                on_message({"role": "assistant", "content": text})
+            return text
 
         trajectory = tool_use.run_tool_loop(reply, tool_use.tool_prompt(prompt), funcs, tool_config.max_tool_calls,
                                             case_text=case_text, case_id=case_id)
