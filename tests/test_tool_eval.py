@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from werkzeug.test import Client
 
-from diagnosis_zero import browse, browse_pages, cli, generation, models, tool_use, tools
+from diagnosis_zero import browse, browse_pages, cli, generation, models, tool_generation, tool_use, tools
 from diagnosis_zero.data import build_prompt, load_cases, prepare_rarearena
 from diagnosis_zero.errors import ConfigError
 from diagnosis_zero.evaluate import answer_mode, score_completion
@@ -102,14 +102,14 @@ def test_tools_default_to_the_runs_own_and_flags_win(tmp_path):
     (run / generation.RUN_FILE).write_text(json.dumps({
         "prompting": {"template": None}, "recipe": {"tools": ["disease_info"], "max_tool_calls": 3}}))
     checkpoint = run / "checkpoint-2"
-    assert generation.resolve_tools(generation.ToolConfig(), checkpoint) == \
-        generation.ToolConfig(tools=["disease_info"], max_tool_calls=3)
-    explicit = generation.ToolConfig(tools=["search_by_phenotypes"], max_tool_calls=1)
-    assert generation.resolve_tools(explicit, checkpoint) == explicit
-    assert generation.resolve_tools(generation.ToolConfig(), tmp_path) == \
-        generation.ToolConfig(tools=None, max_tool_calls=generation.DEFAULT_MAX_TOOL_CALLS)
+    assert tool_generation.resolve_tools(tool_generation.ToolConfig(), checkpoint) == \
+        tool_generation.ToolConfig(tools=["disease_info"], max_tool_calls=3)
+    explicit = tool_generation.ToolConfig(tools=["search_by_phenotypes"], max_tool_calls=1)
+    assert tool_generation.resolve_tools(explicit, checkpoint) == explicit
+    assert tool_generation.resolve_tools(tool_generation.ToolConfig(), tmp_path) == \
+        tool_generation.ToolConfig(tools=None, max_tool_calls=tool_generation.DEFAULT_MAX_TOOL_CALLS)
     with pytest.raises(ConfigError, match="max_tool_calls"):
-        generation.resolve_tools(generation.ToolConfig(tools=["disease_info"], max_tool_calls=0), None)
+        tool_generation.resolve_tools(tool_generation.ToolConfig(tools=["disease_info"], max_tool_calls=0), None)
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -153,7 +153,7 @@ def test_browse_streams_a_pasted_cases_tool_loop_and_scores_its_final_answer(tin
     forced = forced_first_call(tiny_model_dir, {"prompt": build_prompt(text, "r1-zero")})
     config = generation.GenerationConfig(backend="hf", max_new_tokens=50, temperature=0.0, assistant_prefix="",
                                          generation_kwargs=forced)
-    tool_config = generation.ToolConfig(tools=["search_by_phenotypes"], max_tool_calls=2)
+    tool_config = tool_generation.ToolConfig(tools=["search_by_phenotypes"], max_tool_calls=2)
     pasted = browse.Generator(generation.load_generator(str(tiny_model_dir), config, tool_config), "r1-zero",
                               tool_config)
     client = Client(browse.make_app({"step-0": [{"id": "x", "prompt": [], "completion": ""}]}, generator=pasted))

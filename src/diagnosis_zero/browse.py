@@ -71,7 +71,7 @@ class BrowseConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from diagnosis_zero.generation import ToolConfig
+    from diagnosis_zero.tool_generation import ToolConfig
 
     cli.add_dataclass_arguments(parser, BrowseConfig)
     cli.add_dataclass_arguments(parser, ToolConfig)  # for pasted cases (--model)
@@ -83,7 +83,7 @@ def run(args) -> int:
     config = cli.dataclass_from_args(BrowseConfig, args)
     checkpoints, warnings = load_checkpoints(config.results)
     hierarchy = orphanet_hierarchy(config.orphanet)
-    from diagnosis_zero.generation import ToolConfig
+    from diagnosis_zero.tool_generation import ToolConfig
 
     tool_config = cli.dataclass_from_args(ToolConfig, args)
     generator = load_pasted_case_generator(config.model, config.template, config.assistant_prefix,
@@ -172,6 +172,8 @@ class Generator:
         import queue
         import threading
 
+        from diagnosis_zero.tool_generation import generate_with_tools
+
         pieces: queue.Queue = queue.Queue()
 
         def shown(message: dict) -> None:
@@ -180,7 +182,7 @@ class Generator:
 
         def work() -> None:
             try:
-                trajectory, _ = self.generator.generate_with_tools(prompt, self.tool_config, case_text=case,
+                trajectory, _ = generate_with_tools(self.generator, prompt, self.tool_config, case_text=case,
                                                                    on_message=shown)
                 pieces.put(ANSWER_MARKER + trajectory["final_answer"])
             except Exception as exc:  # shown on the page, not lost in a worker thread
@@ -198,13 +200,13 @@ def load_pasted_case_generator(model: str, template: str | None = None, assistan
                                max_new_tokens: int | None = None, tool_config=None,
                                orphanet: list[str] | None = None) -> Generator:
     """Load a model for pasted cases; unset prompting and tools default to the run's own (its saved recipe)."""
-    from diagnosis_zero import generation
+    from diagnosis_zero import generation, tool_generation
 
     config = generation.GenerationConfig(backend="hf", assistant_prefix=assistant_prefix,
                                          max_new_tokens=max_new_tokens, temperature=0.0)
     config, template = generation.resolve_decoding(config, model, template, default_template="r1-zero")
-    tool_config = generation.resolve_tools(tool_config or generation.ToolConfig(), model)
-    generation.configure_tools(tool_config, orphanet, model)
+    tool_config = tool_generation.resolve_tools(tool_config or tool_generation.ToolConfig(), model)
+    tool_generation.configure_tools(tool_config, orphanet, model)
     logger.info("loading %s; %s; tools %s", model, generation.prompting_record(config, template),
                 ", ".join(tool_config.tools or ["none"]))
     return Generator(generation.load_generator(model, config, tool_config), template, tool_config)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from diagnosis_zero.cli import add_dataclass_arguments, dataclass_from_args
 from diagnosis_zero.errors import InputFileError
-from diagnosis_zero.generation import DecodingConfig, GenerationConfig, ToolConfig, load_generator
+from diagnosis_zero.generation import DecodingConfig, GenerationConfig, load_generator
+from diagnosis_zero.tool_generation import ToolConfig
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
@@ -110,14 +111,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from diagnosis_zero.data import build_prompt
     from diagnosis_zero.evaluate import describe_generation, lexicon_path
-    from diagnosis_zero.generation import (
-        configure_tools,
-        generation_kwargs,
-        prompting_record,
-        resolve_decoding,
-        resolve_tools,
-    )
+    from diagnosis_zero.generation import generation_kwargs, prompting_record, resolve_decoding
     from diagnosis_zero.reward import load_lexicon
+    from diagnosis_zero.tool_generation import configure_tools, generate_with_tools, resolve_tools
 
     config = dataclass_from_args(DiagnoseConfig, args)
     decoding, template = resolve_decoding(dataclass_from_args(GenerationConfig, args), config.model,
@@ -132,7 +128,7 @@ def run(args) -> int:
     generator = load_generator(config.model, decoding, tool_config)
     try:
         if tool_config.tools:
-            trajectory, _ = generator.generate_with_tools(prompt, tool_config, case_text=case)
+            trajectory, _ = generate_with_tools(generator, prompt, tool_config, case_text=case)
             print(describe_trajectory(trajectory))
             completion = trajectory["final_answer"]
         else:

@@ -38,12 +38,12 @@ from diagnosis_zero.cli import add_dataclass_arguments, dataclass_from_args
 from diagnosis_zero.errors import ConfigError
 from diagnosis_zero.generation import (  # noqa: F401  (record_key, resume_jsonl: judge imports them from here)
     GenerationConfig,
-    ToolConfig,
     generate_into,
     model_label,
     record_key,
     resume_jsonl,
 )
+from diagnosis_zero.tool_generation import ToolConfig, configure_tools, resolve_tools
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +316,8 @@ def run(args) -> int:
     source = config.model if config.checkpoints is None else _run_source(config.checkpoints)
     decoding, template = generation.resolve_decoding(decoding, source, config.template)
     generation.generation_kwargs(decoding)  # bad JSON fails now, not after the model has loaded
-    tool_config = generation.resolve_tools(dataclass_from_args(ToolConfig, args), source)
-    generation.configure_tools(tool_config, config.orphanet, source)
+    tool_config = resolve_tools(dataclass_from_args(ToolConfig, args), source)
+    configure_tools(tool_config, config.orphanet, source)
     cases = load_cases(config.data)[:config.limit]
     _prompts_for(cases, config.template, generation.saved_run(source).get("prompting", {}).get("template"))
     used = generation.prompting_record(decoding, template or "auto")

@@ -84,47 +84,6 @@ class GenerationConfig(DecodingConfig):
         "help": "completions per prompt (needs temperature > 0 to differ); each is one output line"})
 
 
-TOOL_NAMES = ("search_by_phenotypes", "disease_info")  # tools.TOOLS, without loading the tools module
-DEFAULT_MAX_TOOL_CALLS = 4
-
-
-@dataclass
-class ToolConfig:
-    """The tool loop at test time (`tool_use.run_tool_loop`): which tools, and how many calls."""
-
-    tools: list[str] | None = field(default=None, metadata={
-        "choices": TOOL_NAMES, "metavar": "NAME",
-        "help": "tools the model may call before it answers (the recipe's `tools`); default: a training run's "
-                "own, else none"})
-    max_tool_calls: int | None = field(default=None, metadata={
-        "help": f"tool calls per case; default: a training run's own, else {DEFAULT_MAX_TOOL_CALLS}"})
-
-
-def resolve_tools(config: ToolConfig, model_spec: str | os.PathLike | None) -> ToolConfig:
-    """Return `config` with unset tools and call limit taken from the run's saved recipe (explicit flags win)."""
-    recipe = saved_run(model_spec).get("recipe", {})
-    tools = config.tools if config.tools is not None else list(recipe.get("tools") or []) or None
-    limit = config.max_tool_calls if config.max_tool_calls is not None else recipe.get("max_tool_calls")
-    limit = DEFAULT_MAX_TOOL_CALLS if limit is None else int(limit)
-    if limit < 1:
-        raise ConfigError("max_tool_calls", f"must be at least 1, got {limit}")
-    unknown = [name for name in tools or () if name not in TOOL_NAMES]
-    if unknown:
-        raise ConfigError("tools", f"unknown tool(s) {', '.join(unknown)}; known: {', '.join(TOOL_NAMES)}")
-    return ToolConfig(tools=tools, max_tool_calls=limit)
-
-
-def configure_tools(config: ToolConfig, orphanet: list[str] | None, model_spec=None) -> None:
-    """Point the tools at the Orphanet files: `--orphanet` when given, else the run's recipe's own."""
-    if not config.tools:
-        return
-    from diagnosis_zero import tools
-
-    files = orphanet if orphanet else saved_run(model_spec).get("recipe", {}).get("orphanet")
-    if files:
-        tools.configure(orphanet=[os.path.expanduser(p) for p in files])
-
-
 # A template whose protocol fixes its own decoding (RareArena's `eval/run.py`: no prefill either).
 TEMPLATE_DEFAULTS: dict[str, dict] = {
     "rarearena": {"temperature": rarearena.INFERENCE_TEMPERATURE, "max_new_tokens": rarearena.INFERENCE_MAX_TOKENS,
@@ -331,50 +290,6 @@ class HFGenerator:
         return [[(self.tokenizer.decode(without_eos(sample, self.eos_ids), skip_special_tokens=True), len(sample))
                  for sample in samples] for samples in ids]
 
-    def generate_with_tools(self, prompt: list[dict], tool_config: ToolConfig, sample: int = 0, *,
-                            case_text: str | None = None, case_id: str | None = None,
-                            on_message: Callable[[dict], None] | None = None) -> tuple[dict, int]:
-        """Return (trajectory, model tokens) of one case through `tool_use.run_tool_loop`, as train validates.
-
-        The prompt gets the tool system message and the tools' schemas (the model's chat template, else
-        the documented Qwen2.5 fallback); the assistant prefix opens the first turn only, as in training.
-        `max_new_tokens` bounds all the model's turns together. One case at a time: each turn waits on the
-        previous tool result. The trajectory's last reply (`final_answer`) is what gets scored.
-        `on_message(message)` sees each model reply and tool result as it comes (browse streams them).
-        """
-        from diagnosis_zero import tool_use, tools
-
-        funcs = tools.resolve_tools(tool_config.tools)
-        tool_use.ensure_tool_template(self.tokenizer)
-        options = dict(self._options(), seed=self.config.seed + sample)
-        produced = [0]
-
-        seen = [None]  # messages already shown: the first call's are the prompt
-
-        def reply(messages: list[dict]) -> str:
-            if on_message is not None:
-                for message in messages[len(messages) if seen[0] is None else seen[0]:]:
-                    if message.get("role") == "tool":
-                        on_message(message)
-                seen[0] = len(messages)
-            first = not any(m.get("role") == "assistant" for m in messages)
-            prefix = self.config.assistant_prefix if first else ""
-            text = self.tokenizer.apply_chat_template(messages, tools=funcs, tokenize=False,
-                                                      add_generation_prompt=True) + prefix
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            budget = max(1, self.config.max_new_tokens - produced[0])
-            with self.lock:
-                [[out]] = hf_generate_ids(self.model, [ids], batch_size=1, **dict(options, max_new_tokens=budget))
-            produced[0] += len(out)
-            text = prefix + self.tokenizer.decode(without_eos(out, self.eos_ids), skip_special_tokens=True)
-            if on_message is not None:
-                on_message({"role": "assistant", "content": text})
-            return text
-
-        trajectory = tool_use.run_tool_loop(reply, tool_use.tool_prompt(prompt), funcs, tool_config.max_tool_calls,
-                                            case_text=case_text, case_id=case_id)
-        return trajectory, produced[0]
-
     def stream(self, prompt: list[dict]) -> Iterator[str]:
         """Yield the completion of one prompt piece by piece, starting with the assistant prefix."""
         from transformers import TextIteratorStreamer
@@ -435,10 +350,10 @@ class VLLMGenerator:
         gc.collect()
 
 
-def load_generator(model_spec: str, config: GenerationConfig, tool_config: ToolConfig | None = None):
+def load_generator(model_spec: str, config: GenerationConfig, tool_config=None):
     """Return the generator of the configured backend for a model spec (config already resolved).
 
-    With tools the backend is hf (the tool loop runs turn by turn through transformers).
+    With tools (`tool_generation.ToolConfig`) the backend is hf: the loop runs turn by turn through transformers.
     """
     num_samples = getattr(config, "num_samples", 1)
     if num_samples < 1:
@@ -477,7 +392,7 @@ def model_label(model_spec: str) -> tuple[str, int | None]:
 
 def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tuple[str, list[dict]]],
                   to_record: Callable[..., dict], config: GenerationConfig,
-                  tool_config: ToolConfig | None = None) -> list[dict]:
+                  tool_config=None) -> list[dict]:
     """Generate completions for the `(id, prompt)` pairs not yet in `output`, appending per batch.
 
     `to_record(id, sample, prompt, completion, num_tokens)` builds each line; the completion starts
@@ -499,6 +414,8 @@ def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tupl
         return done
     generator = load_generator(model_spec, config, tool_config)
     with_tools = tool_config is not None and bool(tool_config.tools)
+    if with_tools:
+        from diagnosis_zero.tool_generation import tool_record
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     # vLLM schedules its own batches; feeding it a handful of prompts at a time would starve it
     step = config.batch_size if isinstance(generator, HFGenerator) else max(config.batch_size, VLLM_MIN_BATCH)
@@ -508,7 +425,7 @@ def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tupl
             for start in range(0, len(todo), step):
                 batch = todo[start:start + step]
                 if with_tools:
-                    records = [_tool_record(generator, tool_config, to_record, case_id, s, prompt)
+                    records = [tool_record(generator, tool_config, to_record, case_id, s, prompt)
                                for case_id, prompt in batch for s in samples if (case_id, s) not in done_keys]
                 else:
                     completions = generator.generate([prompt for _, prompt in batch])
@@ -522,15 +439,3 @@ def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tupl
         generator.close()
     return done + written
 
-
-def case_text_for_guard(prompt: list[dict]) -> str:
-    """Return the text the leakage guard keeps out of tool results: the case's user message(s)."""
-    return "\n".join(m["content"] for m in prompt if m.get("role") == "user" and isinstance(m.get("content"), str))
-
-
-def _tool_record(generator, tool_config: ToolConfig, to_record, case_id: str, sample: int, prompt: list[dict]) -> dict:
-    # an id of a few characters (e.g. "7") would blank every such digit run in the results (ORPHA codes)
-    guarded_id = case_id if len(str(case_id)) >= 4 else None
-    trajectory, num_tokens = generator.generate_with_tools(prompt, tool_config, sample,
-                                                           case_text=case_text_for_guard(prompt), case_id=guarded_id)
-    return to_record(case_id, sample, prompt, trajectory["final_answer"], num_tokens, trajectory=trajectory)
