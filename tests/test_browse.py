@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from werkzeug.test import Client
 
-from diagnosis_zero import browse, cli
+from diagnosis_zero import browse, browse_pages, cli
 from diagnosis_zero.browse import (
     FILTERS,
     case_text,
@@ -153,11 +153,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_browse(*extra: str):
+def running_browse(*extra: str, results: Path = RESULTS):
     """Run `diagnosis-zero browse` on a free 127.0.0.1 port; yield (url, process)."""
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "diagnosis_zero", "browse", "--results", str(RESULTS),
+    proc = subprocess.Popen([sys.executable, "-m", "diagnosis_zero", "browse", "--results", str(results),
                              "--port", str(port), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     url = f"http://127.0.0.1:{port}/"
@@ -370,3 +370,64 @@ def test_disagreement_filters_select_what_agreement_writes(tmp_path, hierarchy_f
     assert shown == expected
     # the seed matcher's stored `acc` says NF1 (case 6) is wrong; the clinical rule, like the judge, does not
     assert ("qwen2.5-7b-instruct", "step-0", "case-6", 0, "rule_wrong_judge_right") not in shown
+
+
+def _line_with_tools(tmp_path) -> Path:
+    """A results file whose case-1 line carries a trajectory from the real tool loop and the real tool.
+
+    The two model turns are scripted (a call, then an answer with markup that must be escaped); the
+    call is parsed, `search_by_phenotypes` runs on the knowledge base and its result is fed back.
+    """
+    from diagnosis_zero import tool_use, tools
+
+    replies = iter(['Let me search. <tool_call>{"name": "search_by_phenotypes", "arguments": '
+                    '{"findings": ["seizure", "microcephaly"]}}</tool_call>',
+                    "<think>The search ranks <b>Angelman</b> first.</think><answer>Angelman syndrome</answer>"])
+    records = [json.loads(line) for line in (RESULTS / "step-40.jsonl").read_text().splitlines()]
+    trajectory = tool_use.run_tool_loop(lambda messages: next(replies), tool_use.tool_prompt(records[0]["prompt"]),
+                                        [tools.search_by_phenotypes, tools.disease_info], 4,
+                                        case_text=case_text(records[0]), case_id=records[0]["id"])
+    records[0].update(completion=trajectory["final_answer"], trajectory=trajectory)
+    path = tmp_path / "step-40.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_browser_shows_the_tool_timeline_of_a_case(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    results = _line_with_tools(tmp_path)
+    [record] = [json.loads(line) for line in results.read_text().splitlines()][:1]
+    [call] = record["trajectory"]["calls"]
+    assert len(call["result"]) > browse_pages.LONG_RESULT_CHARS  # so it starts collapsed
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with running_browse(results=results) as (url, _), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(15_000)
+        page.goto(url + "case?id=case-1&ckpt=step-40")
+        timeline = page.locator(".trajectory ol.timeline > li")
+        expect(page.locator(".trajectory h2")).to_have_text("Tool use · 1 call")
+        expect(timeline).to_have_count(3)  # call -> result -> answer, in order
+        expect(timeline.nth(0)).to_have_class("step-call")
+        expect(timeline.nth(0).locator("code.call")).to_have_text(
+            'search_by_phenotypes(findings=["seizure", "microcephaly"])')
+        expect(timeline.nth(1)).to_have_class("step-result")
+        expect(timeline.nth(1).locator(".badge")).to_have_text("result of search_by_phenotypes")
+        full = timeline.nth(1).locator("pre.result-text")
+        expect(full).to_be_hidden()  # a long result starts collapsed
+        timeline.nth(1).locator("summary").click()
+        expect(full).to_be_visible()
+        expect(full).to_have_text(call["result"])
+        expect(timeline.nth(2)).to_have_class("step-answer")
+        expect(timeline.nth(2).locator(".answer")).to_have_text("Angelman syndrome")
+        # markup in the model's text is shown as text, not rendered
+        expect(timeline.nth(2)).to_contain_text("<b>Angelman</b> first")
+        assert page.locator(".trajectory b").count() == 0
+        page.screenshot(path=str(artifacts / "browse-tools.png"), full_page=True)
+        # a case without a trajectory has no timeline
+        page.goto(url + "case?id=case-2&ckpt=step-40")
+        expect(page.locator("#case-text")).to_be_visible()
+        expect(page.locator(".trajectory")).to_have_count(0)
+        browser.close()

@@ -8,7 +8,8 @@ front end fetches web fonts from the internet.
 Pages: `/` lists a checkpoint's cases with filters; `/case` shows one case (case text, highlighted
 reasoning and answer, ground truth with Orphanet code and parents, rule score and judge verdict);
 `/compare` puts two checkpoints side by side; `/diagnose` (with `--model`) streams a diagnosis of
-a pasted case. The pages are rendered in browse_pages.py; this module reads the results (files
+a pasted case (with `--tools`, through the tool loop: each call's result, then the answer). A line
+with a `trajectory` (`evaluate --tools`) shows it as a timeline on the case and compare pages. The pages are rendered in browse_pages.py; this module reads the results (files
 or folders, through io.find_results and io.read_jsonl) and serves them.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from diagnosis_zero import cli
 from diagnosis_zero.browse_pages import (
+    ANSWER_MARKER,
     FILTERS,
     case_text,
     filters,
@@ -69,7 +71,10 @@ class BrowseConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from diagnosis_zero.tool_generation import ToolConfig
+
     cli.add_dataclass_arguments(parser, BrowseConfig)
+    cli.add_dataclass_arguments(parser, ToolConfig)  # for pasted cases (--model)
 
 
 def run(args) -> int:
@@ -78,8 +83,11 @@ def run(args) -> int:
     config = cli.dataclass_from_args(BrowseConfig, args)
     checkpoints, warnings = load_checkpoints(config.results)
     hierarchy = orphanet_hierarchy(config.orphanet)
+    from diagnosis_zero.tool_generation import ToolConfig
+
+    tool_config = cli.dataclass_from_args(ToolConfig, args)
     generator = load_pasted_case_generator(config.model, config.template, config.assistant_prefix,
-                                           config.max_new_tokens) if config.model else None
+                                           config.max_new_tokens, tool_config, config.orphanet) if config.model else None
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: anyone who can reach this machine can read these cases", config.host)
     app = make_app(checkpoints, hierarchy=hierarchy, generator=generator, warnings=warnings,
@@ -142,27 +150,66 @@ def load_checkpoints(paths) -> tuple[dict[str, list[dict]], list[str]]:
 
 
 class Generator:
-    """Streams one diagnosis of a pasted case at a time, through `generation.HFGenerator` (as every verb)."""
+    """Streams one diagnosis of a pasted case at a time, through `generation.HFGenerator` (as every verb).
 
-    def __init__(self, generator, template: str):
-        self.generator, self.template = generator, template
+    With tools, the tool loop runs in a worker thread and each model turn and tool result is streamed
+    as a section of the timeline (browse_pages.ANSWER_MARKER opens the final answer, which alone is scored).
+    """
+
+    def __init__(self, generator, template: str, tool_config=None):
+        self.generator, self.template, self.tool_config = generator, template, tool_config
 
     def stream(self, case: str):
         from diagnosis_zero.data import build_prompt
 
-        yield from self.generator.stream(build_prompt(case, self.template))
+        prompt = build_prompt(case, self.template)
+        if self.tool_config is None or not self.tool_config.tools:
+            yield from self.generator.stream(prompt)
+            return
+        yield from self._stream_tool_loop(prompt, case)
+
+    def _stream_tool_loop(self, prompt: list[dict], case: str):
+        import queue
+        import threading
+
+        from diagnosis_zero.tool_generation import generate_with_tools
+
+        pieces: queue.Queue = queue.Queue()
+
+        def shown(message: dict) -> None:
+            head = "model turn" if message["role"] == "assistant" else f"result of {message.get('name')}"
+            pieces.put(f"── {head}\n{message['content']}\n\n")
+
+        def work() -> None:
+            try:
+                trajectory, _ = generate_with_tools(self.generator, prompt, self.tool_config, case_text=case,
+                                                                   on_message=shown)
+                pieces.put(ANSWER_MARKER + trajectory["final_answer"])
+            except Exception as exc:  # shown on the page, not lost in a worker thread
+                logger.exception("tool loop failed")
+                pieces.put(f"error: {type(exc).__name__}: {exc}")
+            finally:
+                pieces.put(None)
+
+        threading.Thread(target=work, daemon=True).start()
+        while (piece := pieces.get()) is not None:
+            yield piece
 
 
 def load_pasted_case_generator(model: str, template: str | None = None, assistant_prefix: str | None = None,
-                               max_new_tokens: int | None = None) -> Generator:
-    """Load a model for pasted cases; unset prompting defaults to the run's own (a checkpoint's saved recipe)."""
-    from diagnosis_zero import generation
+                               max_new_tokens: int | None = None, tool_config=None,
+                               orphanet: list[str] | None = None) -> Generator:
+    """Load a model for pasted cases; unset prompting and tools default to the run's own (its saved recipe)."""
+    from diagnosis_zero import generation, tool_generation
 
     config = generation.GenerationConfig(backend="hf", assistant_prefix=assistant_prefix,
                                          max_new_tokens=max_new_tokens, temperature=0.0)
     config, template = generation.resolve_decoding(config, model, template, default_template="r1-zero")
-    logger.info("loading %s; %s", model, generation.prompting_record(config, template))
-    return Generator(generation.load_generator(model, config), template)
+    tool_config = tool_generation.resolve_tools(tool_config or tool_generation.ToolConfig(), model)
+    tool_generation.configure_tools(tool_config, orphanet, model)
+    logger.info("loading %s; %s; tools %s", model, generation.prompting_record(config, template),
+                ", ".join(tool_config.tools or ["none"]))
+    return Generator(generation.load_generator(model, config, tool_config), template, tool_config)
 
 
 # -------------------------------------------------------------------------------------------- app

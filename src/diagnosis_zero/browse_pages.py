@@ -9,6 +9,7 @@ them), and the list, case, compare and diagnose pages. Values are shown as a rea
 from __future__ import annotations
 
 import html
+import json
 import re
 from urllib.parse import urlencode
 
@@ -144,7 +145,12 @@ pre.completion,pre.raw{white-space:pre-wrap;word-wrap:break-word;font-family:ui-
 .outside{color:#8a5a00} mark.lang{background:#ffb3c7;color:#7a0026;border-bottom:2px solid #d6336c}
 p.case{white-space:pre-wrap} .cols{display:grid;grid-template-columns:1fr 1fr;gap:1rem} .warning{color:#7a5300;font-size:.85em}
 form.inline{display:inline} select,input,button,textarea{font:inherit;padding:.2rem .4rem}
-textarea{width:100%;min-height:9rem} dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem;margin:.6rem 0 0} dt{color:#555}
+textarea{width:100%;min-height:9rem}
+ol.timeline{list-style:none;margin:.4rem 0 0;padding:0 0 0 1rem;border-left:3px solid #c9d3e0}
+ol.timeline li{margin:.5rem 0;position:relative} ol.timeline li::before{content:"";position:absolute;left:-1.45rem;top:.35rem;width:.7rem;height:.7rem;border-radius:50%;background:#1f3a5f}
+ol.timeline li.step-result::before{background:#8a97a8} ol.timeline li.step-answer::before{background:#2b8a3e}
+ol.timeline pre{margin:.25rem 0;background:#f4f6f9;padding:.4rem .6rem} ol.timeline code.call{font-weight:600}
+details.result summary{cursor:pointer;color:#555} dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem;margin:.6rem 0 0} dt{color:#555}
 """
 
 
@@ -298,6 +304,50 @@ def output_card(record: dict, heading: str) -> str:
             f"{tokens}</dl></div>")
 
 
+LONG_RESULT_CHARS = 300  # a longer tool result starts collapsed on the timeline
+
+
+def _call_text(call: dict) -> str:
+    arguments = call.get("arguments") if isinstance(call.get("arguments"), dict) else {}
+    return f"{call.get('name')}({', '.join(f'{k}={json.dumps(v, ensure_ascii=False)}' for k, v in arguments.items())})"
+
+
+def trajectory_card(record: dict) -> str:
+    """The tool-use timeline of a line with a `trajectory`: each model turn, its calls, their results, the
+    answer; "" without one. Long results start collapsed."""
+    trajectory = record.get("trajectory")
+    if not isinstance(trajectory, dict):
+        return ""
+    messages = [m for m in trajectory.get("messages") or [] if isinstance(m, dict)]
+    turns = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    last = turns[-1] if turns else None
+    items, calls = [], iter(trajectory.get("calls") or [])
+    for i, message in enumerate(messages[turns[0]:] if turns else [], start=turns[0] if turns else 0):
+        content = str(message.get("content") or "")
+        if message.get("role") == "assistant" and i == last:
+            items.append(f'<li class="step-answer"><span class="badge ok">final answer</span>'
+                         f'<pre class="completion">{highlight_completion(content)}</pre></li>')
+        elif message.get("role") == "assistant":
+            shown = "".join(f'<br><code class="call">{html.escape(_call_text(c.get("function") or {}))}</code>'
+                            for c in message.get("tool_calls") or [])
+            items.append(f'<li class="step-call"><span class="badge muted">model turn</span>{shown}'
+                         f'<pre class="turn">{html.escape(content)}</pre></li>')
+        elif message.get("role") == "tool":
+            call = next(calls, {})
+            error = ' <span class="badge bad">error</span>' if call.get("error") else ""
+            body = f'<pre class="result-text">{html.escape(content)}</pre>'
+            if len(content) > LONG_RESULT_CHARS:
+                body = (f'<details class="result"><summary>{html.escape(content[:80])}… ({len(content)} characters; '
+                        f"show all)</summary>{body}</details>")
+            items.append(f'<li class="step-result"><span class="badge muted">result of '
+                         f"{html.escape(str(message.get('name') or call.get('name') or 'tool'))}</span>{error}{body}</li>")
+    count = len(trajectory.get("calls") or [])
+    malformed = trajectory.get("malformed_calls") or 0
+    note = f" · {malformed} malformed" if malformed else ""
+    return (f'<div class="card trajectory"><h2>Tool use · {count} call{"" if count == 1 else "s"}{note}</h2>'
+            f'<ol class="timeline">{"".join(items)}</ol></div>')
+
+
 def _find(checkpoints, name, case_id, sample):
     return next((r for r in checkpoints.get(name, ())
                  if str(r.get("id")) == case_id and int(r.get("sample") or 0) == sample), None)
@@ -330,7 +380,7 @@ def page_case(checkpoints, name, case_id, sample, hierarchy, filter_name) -> str
             f'{" · ".join(others)}</p><p>{compare}</p>'
             f'<div class="card" id="case-text"><h2>Case {html.escape(case_id)}</h2><p class="case">{html.escape(case_text(record))}</p></div>'
             f"{_ground_truth(record, hierarchy)}{output_card(record, f'Model output · {_checkpoint_label(name)}')}"
-            f"{_verdict(record)}")
+            f"{trajectory_card(record)}{_verdict(record)}")
 
 
 def page_compare(checkpoints, case_id, sample, a, b, hierarchy) -> str | None:
@@ -341,7 +391,7 @@ def page_compare(checkpoints, case_id, sample, a, b, hierarchy) -> str | None:
     columns = ""
     for name, found in ((a, left), (b, right)):
         columns += (f'<div class="side" data-checkpoint="{html.escape(name)}">'
-                    + (output_card(found, _checkpoint_label(name)) + _verdict(found) if found else
+                    + (output_card(found, _checkpoint_label(name)) + trajectory_card(found) + _verdict(found) if found else
                        f'<div class="card"><h2>{html.escape(_checkpoint_label(name))}</h2><i>no result for this case</i></div>')
                     + "</div>")
     return (f'<p><a href="{_link("/case", id=case_id, sample=sample, ckpt=a)}">← back to the case</a></p>'
@@ -376,9 +426,17 @@ def page_diagnose() -> str:
             f'<div id="rendered"></div><script>{_DIAGNOSE_JS}</script>')
 
 
+ANSWER_MARKER = "── final answer\n"  # in a pasted case's streamed tool timeline: what follows is scored
+
+
 def render_diagnosis(completion: str, reference: str) -> str:
-    """HTML for a finished pasted-case diagnosis: highlighted output plus the rule's reading of it."""
+    """HTML for a finished pasted-case diagnosis: highlighted output plus the rule's reading of it.
+
+    A streamed tool timeline is scored on its final answer only (after `ANSWER_MARKER`), as evaluate does.
+    """
     from diagnosis_zero import reward
+
+    completion = completion.rsplit(ANSWER_MARKER, 1)[-1]
 
     if reference.strip():
         result = reward.compute_score(solution_str=completion,

@@ -4,7 +4,9 @@
     echo "A 4-year-old boy with ..." | diagnosis-zero diagnose --orphanet en_product1.xml
 
 With `--orphanet` (Orphanet's en_product1.xml or RareArena's orphanet_hypernym.json) the answer is
-resolved to its Orphanet entry. Given a training run's checkpoint, the template, assistant prefix and
+resolved to its Orphanet entry. With `--tools NAME...` (default: a training run's own) the model
+may call the tools first, as in training and `evaluate --tools`; each call, its result and the final
+answer are printed in order. Given a training run's checkpoint, the template, assistant prefix and
 generation length default to the run's own (its saved recipe), as in `evaluate` and `browse`. One
 answer, so there is no `--num-samples`.
 """
@@ -12,6 +14,7 @@ answer, so there is no `--num-samples`.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from dataclasses import dataclass, field
@@ -20,6 +23,7 @@ from pathlib import Path
 from diagnosis_zero.cli import add_dataclass_arguments, dataclass_from_args
 from diagnosis_zero.errors import InputFileError
 from diagnosis_zero.generation import DecodingConfig, GenerationConfig, load_generator
+from diagnosis_zero.tool_generation import ToolConfig
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
@@ -85,29 +89,57 @@ def describe(completion: str, lexicon=None, ranked: bool = False) -> str:
     return "\n".join(lines)
 
 
+def describe_trajectory(trajectory: dict) -> str:
+    """Return the tool calls of a trajectory as printed: each call, then its result, indented, in order."""
+    calls = trajectory.get("calls") or []
+    lines = [f"Tool calls: {len(calls) or 'none'}" + (f" ({trajectory['malformed_calls']} malformed)"
+                                                       if trajectory.get("malformed_calls") else "")]
+    for number, call in enumerate(calls, start=1):
+        arguments = ", ".join(f"{name}={json.dumps(value, ensure_ascii=False)}"
+                              for name, value in (call.get("arguments") or {}).items())
+        lines.append(f"  {number}. {call.get('name')}({arguments})" + ("  [error]" if call.get("error") else ""))
+        lines += [f"     | {line}" for line in str(call.get("result") or "").splitlines() or [""]]
+    return "\n".join(lines) + "\n"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, DiagnoseConfig)
     add_dataclass_arguments(parser, DecodingConfig)
+    add_dataclass_arguments(parser, ToolConfig)
 
 
 def run(args) -> int:
     from diagnosis_zero.data import build_prompt
     from diagnosis_zero.evaluate import describe_generation, lexicon_path
-    from diagnosis_zero.generation import prompting_record, resolve_decoding
+    from diagnosis_zero.generation import generation_kwargs, prompting_record, resolve_decoding
     from diagnosis_zero.reward import load_lexicon
+    from diagnosis_zero.tool_generation import configure_tools, generate_with_tools, resolve_tools
 
     config = dataclass_from_args(DiagnoseConfig, args)
     decoding, template = resolve_decoding(dataclass_from_args(GenerationConfig, args), config.model,
                                           config.template, default_template="r1-zero")
     # fails before the model loads
     lexicon = load_lexicon(lexicon_path(config.orphanet)) if config.orphanet else None
-    prompt = build_prompt(read_case(config.case_file), template)
-    generator = load_generator(config.model, decoding)
+    generation_kwargs(decoding)  # bad JSON fails before the model loads
+    tool_config = resolve_tools(dataclass_from_args(ToolConfig, args), config.model)
+    configure_tools(tool_config, config.orphanet, config.model)
+    case = read_case(config.case_file)
+    prompt = build_prompt(case, template)
+    generator = load_generator(config.model, decoding, tool_config)
     try:
-        [[(text, _)]] = generator.generate([prompt])
+        if tool_config.tools:
+            trajectory, _ = generate_with_tools(generator, prompt, tool_config, case_text=case)
+            print(describe_trajectory(trajectory))
+            completion = trajectory["final_answer"]
+        else:
+            [[(text, _)]] = generator.generate([prompt])
+            completion = decoding.assistant_prefix + text
     finally:
         generator.close()
     ranked = template == "rarearena-top5"
-    print(describe(decoding.assistant_prefix + text, lexicon, ranked))
-    print(f"\n({describe_generation(prompting_record(decoding, template))})")
+    print(describe(completion, lexicon, ranked))
+    used = prompting_record(decoding, template)
+    if tool_config.tools:
+        used.update(tools=tool_config.tools, max_tool_calls=tool_config.max_tool_calls)
+    print(f"\n({describe_generation(used)})")
     return 0

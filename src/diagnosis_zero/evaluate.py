@@ -10,6 +10,11 @@ Decoding is greedy by default, as in the original study's validation, and goes t
 is installed and a GPU is present: `--backend auto`, the default). Given a training run or one of its
 checkpoints, the assistant prefix and generation length default to the run's own (its saved recipe).
 
+With `--tools NAME...` (default: a training run's own `tools`), each case runs the same tool loop
+as training (`tool_use.run_tool_loop`, hf backend): the model may call the tools up to
+`--max-tool-calls` times; `completion` is its final answer, which alone is scored, and `trajectory`
+keeps the calls, their results and the whole conversation (docs/formats.md).
+
 `--template rarearena` is RareArena's own protocol: its inference prompt verbatim as the one user
 message, built from each case's text; temperature 0.1 and 4,096 new tokens unless given; the raw
 output is read as a ranked list (no tags), and each line says `answer_source: "raw"`.
@@ -38,6 +43,7 @@ from diagnosis_zero.generation import (  # noqa: F401  (record_key, resume_jsonl
     record_key,
     resume_jsonl,
 )
+from diagnosis_zero.tool_generation import ToolConfig, configure_tools, resolve_tools
 
 log = logging.getLogger(__name__)
 
@@ -159,18 +165,22 @@ def lexicon_path(paths: list[str] | None) -> str | None:
 
 def evaluate_model(config: EvaluateConfig, decoding: GenerationConfig, model_spec: str, output: str | Path,
                    cases: list[dict], model: str, step: int | None, checkpoint: str | None = None,
-                   template: str | None = None) -> list[dict]:
+                   template: str | None = None, tool_config: ToolConfig | None = None) -> list[dict]:
     """Evaluate one model on the cases into `output`; return every line of the output.
 
     `decoding` is resolved (`generation.resolve_decoding`); `template` is what it records as used.
+    With `tool_config.tools`, each line also keeps its `trajectory` and is scored on its final answer.
     """
     by_id = {case["id"]: case for case in cases}
     reward_options = {"preset": config.reward_preset}
     if config.orphanet:
         reward_options["lexicon"] = lexicon_path(config.orphanet)
     used = generation.prompting_record(decoding, template or config.template or "auto")
+    if tool_config is not None and tool_config.tools:
+        used.update(tools=tool_config.tools, max_tool_calls=tool_config.max_tool_calls)
 
-    def to_record(case_id: str, sample: int, prompt: list[dict], completion: str, num_tokens: int) -> dict:
+    def to_record(case_id: str, sample: int, prompt: list[dict], completion: str, num_tokens: int,
+                  trajectory: dict | None = None) -> dict:
         case = by_id[case_id]
         record = {"id": case_id, "sample": sample, "prompt": prompt, "completion": completion,
                   "references": case["references"], "orpha_id": case["orpha_id"]}
@@ -179,9 +189,12 @@ def evaluate_model(config: EvaluateConfig, decoding: GenerationConfig, model_spe
         record.update(num_tokens=num_tokens, model=model, step=step, generation=used)
         if checkpoint:
             record["checkpoint"] = checkpoint
+        if trajectory is not None:
+            record["trajectory"] = trajectory
         return record
 
-    return generate_into(output, model_spec, [(c["id"], c["prompt"]) for c in cases], to_record, decoding)
+    return generate_into(output, model_spec, [(c["id"], c["prompt"]) for c in cases], to_record, decoding,
+                         tool_config)
 
 
 def checkpoint_plan(run_dir: str, steps: str | None, base_model: str | None) -> list[tuple[int, str]]:
@@ -232,6 +245,7 @@ def _run_source(run_dir: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataclass_arguments(parser, EvaluateConfig)
     add_dataclass_arguments(parser, GenerationConfig)
+    add_dataclass_arguments(parser, ToolConfig)
 
 
 def _print_summary(records: list[dict], output) -> None:
@@ -241,6 +255,11 @@ def _print_summary(records: list[dict], output) -> None:
     figures = ", ".join(f"{name} {format_value(name, summary[name])}" for name in
                         ("top1_rule", "top5_rule", "format_rate", "think_rate", "mixed_language_rate", "tokens_mean")
                         if summary[name] is not None)
+    with_tools = [r for r in records if "trajectory" in r]
+    if with_tools:
+        calls = sum(len(r["trajectory"].get("calls") or []) for r in with_tools)
+        used = sum(bool(r["trajectory"].get("calls")) for r in with_tools)
+        figures += f", tool calls per case {calls / len(with_tools):.2f}, tool use {used / len(with_tools):.1%}"
     print(f"{output}: {summary['n']} lines; {figures}")
 
 
@@ -249,8 +268,9 @@ def describe_generation(used: dict) -> str:
     template = used["template"] if used["template"] is None or len(used["template"]) <= 40 else \
         repr(used["template"][:37] + "...")
     decoding = "greedy" if not used["temperature"] else f"temperature {used['temperature']}"
+    tools = f", tools {', '.join(used['tools'])} (up to {used['max_tool_calls']} calls)" if used.get("tools") else ""
     return (f"generation: template {template}, assistant prefix {used['assistant_prefix']!r}, "
-            f"up to {used['max_new_tokens']} new tokens, {decoding}")
+            f"up to {used['max_new_tokens']} new tokens, {decoding}{tools}")
 
 
 def _outputs(config: EvaluateConfig) -> None:
@@ -295,20 +315,26 @@ def run(args) -> int:
         load_lexicon(lexicon_path(config.orphanet))  # a bad file fails now, not after the model has loaded
     source = config.model if config.checkpoints is None else _run_source(config.checkpoints)
     decoding, template = generation.resolve_decoding(decoding, source, config.template)
+    generation.generation_kwargs(decoding)  # bad JSON fails now, not after the model has loaded
+    tool_config = resolve_tools(dataclass_from_args(ToolConfig, args), source)
+    configure_tools(tool_config, config.orphanet, source)
     cases = load_cases(config.data)[:config.limit]
     _prompts_for(cases, config.template, generation.saved_run(source).get("prompting", {}).get("template"))
-    print(describe_generation(generation.prompting_record(decoding, template or "auto")))
+    used = generation.prompting_record(decoding, template or "auto")
+    if tool_config.tools:
+        used.update(tools=tool_config.tools, max_tool_calls=tool_config.max_tool_calls)
+    print(describe_generation(used))
     if config.checkpoints is None:
         model, step = model_label(config.model)
         checkpoint = config.model if step is not None else None
         records = evaluate_model(config, decoding, config.model, config.output, cases, model, step, checkpoint,
-                                 template)
+                                 template, tool_config)
         _print_summary(records, config.output)
         return 0
     run_name = Path(config.checkpoints).expanduser().resolve().name
     for step, spec in checkpoint_plan(config.checkpoints, config.steps, config.model):
         output = Path(config.output_dir) / f"step-{step}.jsonl"
         records = evaluate_model(config, decoding, spec, output, cases, run_name, step, spec if step else None,
-                                 template)
+                                 template, tool_config)
         _print_summary(records, output)
     return 0

@@ -71,6 +71,9 @@ class DecodingConfig:
                 "Default: a training run's own prefix, else none"})
     gpu_memory_utilization: float = field(default=0.6, metadata={
         "help": "vllm: fraction of GPU memory for weights and KV cache (the original study: 0.6)"})
+    generation_kwargs: str | None = field(default=None, metadata={
+        "help": "hf: a JSON object of extra transformers GenerationConfig settings, e.g. "
+                "'{\"sequence_bias\": [[[ids], 5.0]]}'"})
 
 
 @dataclass
@@ -187,8 +190,22 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+def generation_kwargs(config) -> dict:
+    """Return `--generation-kwargs` read as a JSON object ({} when unset)."""
+    text = getattr(config, "generation_kwargs", None)
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError("generation_kwargs", f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError("generation_kwargs", "must be a JSON object")
+    return value
+
+
 def _hf_generation_config(max_new_tokens: int, temperature: float, top_p: float, num_samples: int,
-                          pad_id: int, eos_ids: list[int]):
+                          pad_id: int, eos_ids: list[int], extra: dict | None = None):
     from transformers import GenerationConfig as HFGenerationConfig
 
     # Every knob explicit: transformers fills unset ones from the model's generation_config.json,
@@ -196,19 +213,20 @@ def _hf_generation_config(max_new_tokens: int, temperature: float, top_p: float,
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 \
         else {"do_sample": False}
     return HFGenerationConfig(max_new_tokens=max_new_tokens, num_return_sequences=num_samples, pad_token_id=pad_id,
-                              eos_token_id=eos_ids, repetition_penalty=1.0, **sampling)
+                              eos_token_id=eos_ids, repetition_penalty=1.0, **sampling, **(extra or {}))
 
 
 def hf_generate_ids(model, prompt_ids: list[list[int]], *, pad_id: int, eos_ids: list[int], max_new_tokens: int,
                     batch_size: int, temperature: float = 0.0, top_p: float = 1.0, num_samples: int = 1,
-                    seed: int = 0, streamer=None) -> list[list[list[int]]]:
+                    seed: int = 0, streamer=None, extra: dict | None = None) -> list[list[list[int]]]:
     """Return, per prompt, `num_samples` completions as token ids, cut after the first eos (kept).
 
-    Prompts are batched by length (little left padding); greedy when `temperature` is 0.
+    Prompts are batched by length (little left padding); greedy when `temperature` is 0. `extra`:
+    further GenerationConfig settings (`--generation-kwargs`).
     """
     import torch
 
-    config = _hf_generation_config(max_new_tokens, temperature, top_p, num_samples, pad_id, eos_ids)
+    config = _hf_generation_config(max_new_tokens, temperature, top_p, num_samples, pad_id, eos_ids, extra)
     device = model.device
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     results: list[list[list[int]]] = [[] for _ in prompt_ids]
@@ -262,7 +280,7 @@ class HFGenerator:
     def _options(self) -> dict:
         c = self.config
         return {"pad_id": self.tokenizer.pad_token_id, "eos_ids": self.eos_ids, "max_new_tokens": c.max_new_tokens,
-                "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed}
+                "temperature": c.temperature, "top_p": c.top_p, "seed": c.seed, "extra": generation_kwargs(c)}
 
     def generate(self, prompts: list[list[dict]]) -> list[list[tuple[str, int]]]:
         """Return, per prompt, `num_samples` (completion text after the prefix, completion tokens)."""
@@ -301,6 +319,9 @@ class VLLMGenerator:
                               "machine, or use --backend hf")
         from vllm import LLM, SamplingParams
 
+        if generation_kwargs(config):
+            raise ConfigError("generation_kwargs", "--generation-kwargs is for the hf backend")
+
         from diagnosis_zero.models import load_tokenizer
 
         self.config = config
@@ -329,14 +350,21 @@ class VLLMGenerator:
         gc.collect()
 
 
-def load_generator(model_spec: str, config: GenerationConfig):
-    """Return the generator of the configured backend for a model spec (config already resolved)."""
+def load_generator(model_spec: str, config: GenerationConfig, tool_config=None):
+    """Return the generator of the configured backend for a model spec (config already resolved).
+
+    With tools (`tool_generation.ToolConfig`) the backend is hf: the loop runs turn by turn through transformers.
+    """
     num_samples = getattr(config, "num_samples", 1)
     if num_samples < 1:
         raise ConfigError("num_samples", "must be at least 1")
     if num_samples > 1 and config.temperature <= 0:
         raise ConfigError("num_samples", "several samples need --temperature > 0 (greedy gives one answer)")
     backend = config.backend
+    if tool_config is not None and tool_config.tools:
+        if backend == "vllm":
+            raise ConfigError("backend", "--tools runs its loop with --backend hf (vLLM is not wired for tools)")
+        backend = "hf"
     if backend == "auto":
         import torch
 
@@ -363,13 +391,15 @@ def model_label(model_spec: str) -> tuple[str, int | None]:
 
 
 def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tuple[str, list[dict]]],
-                  to_record: Callable[[str, int, list[dict], str, int], dict],
-                  config: GenerationConfig) -> list[dict]:
+                  to_record: Callable[..., dict], config: GenerationConfig,
+                  tool_config=None) -> list[dict]:
     """Generate completions for the `(id, prompt)` pairs not yet in `output`, appending per batch.
 
     `to_record(id, sample, prompt, completion, num_tokens)` builds each line; the completion starts
-    with the configured assistant prefix, since the model continued it. Returns every line
-    of the output, old and new. Nothing is loaded when there is nothing left to do.
+    with the configured assistant prefix, since the model continued it. With tools
+    (`tool_config.tools`), each case runs the tool loop: the completion is the final answer and
+    `to_record` also gets `trajectory=` (docs/formats.md). Returns every line of the output, old
+    and new. Nothing is loaded when there is nothing left to do.
     """
     from tqdm import tqdm
 
@@ -382,7 +412,10 @@ def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tupl
         log.info("%s: %d cases already done, %d to go", output, len(prompts) - len(todo), len(todo))
     if not todo:
         return done
-    generator = load_generator(model_spec, config)
+    generator = load_generator(model_spec, config, tool_config)
+    with_tools = tool_config is not None and bool(tool_config.tools)
+    if with_tools:
+        from diagnosis_zero.tool_generation import tool_record
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     # vLLM schedules its own batches; feeding it a handful of prompts at a time would starve it
     step = config.batch_size if isinstance(generator, HFGenerator) else max(config.batch_size, VLLM_MIN_BATCH)
@@ -391,13 +424,18 @@ def generate_into(output: str | os.PathLike, model_spec: str, prompts: list[tupl
         with open(output, "a", encoding="utf-8") as fh, tqdm(total=len(todo), unit="case", desc="generate") as bar:
             for start in range(0, len(todo), step):
                 batch = todo[start:start + step]
-                completions = generator.generate([prompt for _, prompt in batch])
-                records = [to_record(case_id, s, prompt, config.assistant_prefix + text, num_tokens)
-                           for (case_id, prompt), samples_out in zip(batch, completions, strict=True)
-                           for s, (text, num_tokens) in enumerate(samples_out) if (case_id, s) not in done_keys]
+                if with_tools:
+                    records = [tool_record(generator, tool_config, to_record, case_id, s, prompt)
+                               for case_id, prompt in batch for s in samples if (case_id, s) not in done_keys]
+                else:
+                    completions = generator.generate([prompt for _, prompt in batch])
+                    records = [to_record(case_id, s, prompt, config.assistant_prefix + text, num_tokens)
+                               for (case_id, prompt), samples_out in zip(batch, completions, strict=True)
+                               for s, (text, num_tokens) in enumerate(samples_out) if (case_id, s) not in done_keys]
                 append_jsonl(fh, records)
                 written += records
                 bar.update(len(batch))
     finally:
         generator.close()
     return done + written
+
