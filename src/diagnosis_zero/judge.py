@@ -42,7 +42,6 @@ from diagnosis_zero.judge_items import (
     default_cache_path,
     request_digest,
 )
-from diagnosis_zero.reward import MAX_PARENT_DISEASES  # noqa: F401  (browse imports it from here)
 
 log = logging.getLogger(__name__)
 
@@ -150,18 +149,6 @@ def hierarchy_path(paths: list[str] | None) -> str | None:
     if len(json_paths) > 1:
         raise ConfigError("orphanet", "give one orphanet_hypernym.json (and optionally en_product1.xml)")
     return json_paths[0] if json_paths else None
-
-
-def load_hierarchy(path) -> dict[str, dict]:
-    """Return orpha_id -> entity dict in the file's own shape, read by `reward.load_hierarchy`.
-
-    Kept only because `browse` still imports it from here; new code uses `reward.load_hierarchy`.
-    """
-    from diagnosis_zero.reward import load_hierarchy as load
-
-    return {code: {"Orphanetid": code, "name": e.name, "type": e.type,
-                   "parents": [{"parent": p.name, "parent_disease_count": p.disease_count} for p in e.parents]}
-            for code, e in load(path).entities.items()}
 
 
 # ---------------------------------------------------------------------------------------------
