@@ -752,13 +752,25 @@ def _join(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def _vignette(disease: dict, rng: random.Random) -> tuple[str, list, str]:
-    """Return `(case_report, age, sex)` for one demo patient with this disease."""
+def _vignette(disease: dict, rng: random.Random, *, max_phenotypes: int = 12, distractors: int = 0,
+              others: list[dict] = ()) -> tuple[str, list, str]:
+    """Return `(case_report, age, sex)` for one demo patient with this disease.
+
+    `distractors` findings are drawn from `others` (other diseases), never one of this disease's own.
+    """
     phenotypes = disease["phenotypes"]
     sexes = {sex for _, _, sex in phenotypes if sex}
     sex = rng.choice("MF") if len(sexes) != 1 else sexes.pop()
     phenotypes = [p for p in phenotypes if p[2] in ("", sex)]
-    sample = rng.sample(phenotypes, min(len(phenotypes), rng.randint(5, 12)))
+    sample = rng.sample(phenotypes, min(len(phenotypes), rng.randint(5, 12), max_phenotypes))
+    own = {name for name, _, _ in disease["phenotypes"]}
+    for _ in range(distractors if others else 0):
+        for _attempt in range(20):  # a few diseases share most phenotypes: retry, then give up on this one
+            name, system, other_sex = rng.choice(rng.choice(others)["phenotypes"])
+            if name not in own and other_sex in ("", sex):
+                sample.insert(rng.randint(0, len(sample)), (name, system, other_sex))
+                own.add(name)
+                break
     names = [name.lower() for name, _, _ in sample]
     if any("infan" in name or "neonat" in name or "congenital" in name for name in names):
         weight, unit, low, high = AGE_BANDS[0]
@@ -779,13 +791,14 @@ def _vignette(disease: dict, rng: random.Random) -> tuple[str, list, str]:
     return "\n".join(lines), [[value, unit]], sex
 
 
-def hpo_cases(num_cases: int, seed: int) -> list[dict]:
+def hpo_cases(num_cases: int, seed: int, *, max_phenotypes: int = 12, distractors: int = 0) -> list[dict]:
     """Return `num_cases` RareArena-like records of phenotype vignettes built from HPO's Orphanet annotations.
 
-    Each has an age and sex line and a sample of 5-12 of the disease's phenotypes, in sentences by
-    organ system; `diagnosis`/`Orpha_name` is the Orphanet name and `Orpha_id` its code. The same
-    seed gives the same cases, and the first k cases do not depend on `num_cases`. Diseases are
-    visited in a seeded random order and reused (with new samples) once all have been used.
+    Each has an age and sex line and a sample of 5-12 (at most `max_phenotypes`) of the disease's
+    phenotypes, plus `distractors` phenotypes of other diseases, in sentences by organ system;
+    `diagnosis`/`Orpha_name` is the Orphanet name and `Orpha_id` its code. The same seed gives the
+    same cases, and the first k cases do not depend on `num_cases`. Diseases are visited in a seeded
+    random order and reused (with new samples) once all have been used.
     """
     if num_cases <= 0:
         raise ConfigError("num_cases", f"must be a positive number, got {num_cases}")
@@ -794,7 +807,8 @@ def hpo_cases(num_cases: int, seed: int) -> list[dict]:
     records = []
     for i in range(num_cases):
         disease = diseases[i % len(diseases)]
-        report, age, sex = _vignette(disease, random.Random(f"{seed}:{i}"))
+        report, age, sex = _vignette(disease, random.Random(f"{seed}:{i}"), max_phenotypes=max_phenotypes,
+                                     distractors=distractors, others=diseases)
         records.append({"_id": f"hpo-{seed}-{i:05d}", "case_report": report, "diagnosis": disease["name"],
                         "Orpha_name": disease["name"], "Orpha_id": disease["orpha_id"], "age": age,
                         "gender": sex})
@@ -803,10 +817,14 @@ def hpo_cases(num_cases: int, seed: int) -> list[dict]:
 
 def prepare_hpo(output_dir, *, num_cases: int, seed: int = 0, template: str = "r1-zero",
                 split_ratio: float = 0.7, shuffle: bool = False, group_by_disease: bool = False,
-                max_prompt_tokens: int | None = None, tokenizer=None, progress: bool = True) -> PrepareSummary:
+                max_prompt_tokens: int | None = None, tokenizer=None, progress: bool = True,
+                max_phenotypes: int = 12, distractors: int = 0) -> PrepareSummary:
     """Write HPO demo cases (`hpo_cases`) as `train.parquet`/`test.parquet`, data_source "hpo_demo"."""
-    records = hpo_cases(num_cases, seed)
-    return _prepare(enumerate(records, start=1), f"hpo:num_cases={num_cases},seed={seed}", output_dir,
+    records = hpo_cases(num_cases, seed, max_phenotypes=max_phenotypes, distractors=distractors)
+    source = f"hpo:num_cases={num_cases},seed={seed}"
+    if max_phenotypes != 12 or distractors:
+        source += f",max_phenotypes={max_phenotypes},distractors={distractors}"
+    return _prepare(enumerate(records, start=1), source, output_dir,
                     data_source=DATA_SOURCE_HPO, template=template, split_ratio=split_ratio, shuffle=shuffle,
                     seed=seed, group_by_disease=group_by_disease, max_prompt_tokens=max_prompt_tokens,
                     tokenizer=tokenizer, skip_invalid=False, progress=progress and num_cases >= 20_000)

@@ -154,6 +154,8 @@ def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resum
             raise ConfigError("use_vllm", "vLLM is not installed: pip install 'diagnosis-zero[vllm]', "
                               "or pass --use-vllm false")
     _check_report_to(grpo_kwargs.get("report_to"))
+    if recipe.tools and recipe.max_tool_calls is not None:
+        grpo_kwargs["max_tool_calling_iterations"] = recipe.max_tool_calls
     configs.derive_batch(recipe, grpo_kwargs, configs.world_size())
     grpo_args = _grpo_config(grpo_kwargs)
     return TrainPlan(recipe=recipe, args=grpo_args, recipe_path=recipe_path, output_dir=output_dir,
@@ -232,11 +234,15 @@ def prepared_data_dir(recipe: configs.RecipeConfig) -> Path:
 
     template = recipe.template or "r1-zero"
     key = hashlib.sha256(data.resolve_template(template).encode()).hexdigest()[:10]
-    target = models.cache_dir() / "data" / f"hpo-n{recipe.demo_cases}-s{recipe.demo_seed}-{key}"
+    name = f"hpo-n{recipe.demo_cases}-s{recipe.demo_seed}-{key}"
+    if recipe.demo_distractors or recipe.demo_max_phenotypes != 12:
+        name += f"-p{recipe.demo_max_phenotypes}-d{recipe.demo_distractors}"
+    target = models.cache_dir() / "data" / name
     if not (target / "train.parquet").is_file() or not (target / "test.parquet").is_file():
         logger.info("preparing %d HPO demo cases in %s", recipe.demo_cases, target)
         data.prepare_hpo(target, num_cases=recipe.demo_cases, seed=recipe.demo_seed, template=template,
-                         progress=False)
+                         progress=False, max_phenotypes=recipe.demo_max_phenotypes,
+                         distractors=recipe.demo_distractors)
     return target
 
 
@@ -248,7 +254,12 @@ def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConf
     rows = []
     dropped = 0
     for case in data.load_cases(data_dir / f"{split}.parquet"):
-        text = tokenizer.apply_chat_template(case["prompt"], tokenize=False, add_generation_prompt=True)
+        if recipe.tools:
+            from diagnosis_zero import tool_use
+
+            case["prompt"] = tool_use.tool_prompt(case["prompt"])
+        text = tokenizer.apply_chat_template(case["prompt"], tokenize=False, add_generation_prompt=True,
+                                             tools=_tool_funcs(recipe) or None)
         text += recipe.assistant_prefix
         too_long = recipe.max_prompt_tokens is not None and \
             len(tokenizer(text, add_special_tokens=False)["input_ids"]) > recipe.max_prompt_tokens
@@ -328,23 +339,34 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
     max_new_tokens = recipe.validation_max_tokens or trainer.args.max_completion_length
     mine = list(range(accelerator.process_index, len(cases), accelerator.num_processes))
     prompt_ids = [tokenizer(_rendered(tokenizer, cases[i]), add_special_tokens=False)["input_ids"] for i in mine]
-    if trainer.args.use_vllm:
+    tool_usage = None
+    if recipe.tools:
+        texts, completion_ids, tool_usage = _validate_with_tools(trainer, [cases[i] for i in mine], recipe,
+                                                                 max_new_tokens)
+    elif trainer.args.use_vllm:
         completion_ids = _greedy_vllm(trainer, prompt_ids, max_new_tokens)
     else:
         completion_ids = _greedy_hf(trainer, prompt_ids, max_new_tokens, recipe.validation_batch_size)
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    local = [(i, recipe.assistant_prefix + text, len(ids)) for i, text, ids in zip(mine, texts, completion_ids,
-                                                                                     strict=True)]
+    if tool_usage is None:
+        texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        tool_usage = [0] * len(mine)
+    local = [(i, recipe.assistant_prefix + text, len(ids), calls)
+             for i, text, ids, calls in zip(mine, texts, completion_ids, tool_usage, strict=True)]
     gathered = gather_object(local)
     if not accelerator.is_main_process:
         return {}
-    by_index = {i: (text, length) for i, text, length in gathered}
+    by_index = {i: (text, length, calls) for i, text, length, calls in gathered}
     completions = [by_index[i][0] for i in range(len(cases))]
     results = reward.score_batch(completions, reward_config,
                                  reward_model=[c["reward_model"] for c in cases],
                                  extra_info=[c["extra_info"] for c in cases])
     n = len(results)
+    tool_metrics = {}
+    if recipe.tools:
+        tool_metrics = {"val_tool_calls_per_completion": sum(by_index[i][2] for i in range(n)) / n,
+                        "val_tool_use_rate": sum(by_index[i][2] > 0 for i in range(n)) / n}
     return {
+        **tool_metrics,
         "val_score": sum(r["score"] for r in results) / n,
         "val_accuracy": sum(r["acc"] for r in results) / n,
         "val_format_rate": sum(r["format"] for r in results) / n,
@@ -352,6 +374,40 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
         "val_mixed_language_rate": sum(r["mixed_language"] for r in results) / n,
         "val_completion_length_mean": sum(by_index[i][1] for i in range(n)) / n,
     }
+
+
+def _tool_funcs(recipe: configs.RecipeConfig) -> list:
+    from diagnosis_zero import tools
+
+    return tools.resolve_tools(recipe.tools)
+
+
+def _validate_with_tools(trainer, cases: list[dict], recipe: configs.RecipeConfig, max_new_tokens: int):
+    """Return (final answers, completion token ids, tool calls) of greedy tool loops (`tool_use.run_tool_loop`).
+
+    One case at a time: each turn depends on the previous tool result. The token ids are those of all the
+    model's turns, the final answer is the last turn's text.
+    """
+    from diagnosis_zero import tool_use
+
+    tokenizer = trainer.processing_class
+    funcs = _tool_funcs(recipe)
+    answers, ids_out, calls = [], [], []
+    for case in cases:
+        produced: list[int] = []
+
+        def generate(messages, produced=produced):
+            text = tokenizer.apply_chat_template(messages, tools=funcs, tokenize=False, add_generation_prompt=True)
+            prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = _greedy_hf(trainer, [prompt], max(1, max_new_tokens - len(produced)), 1)[0]
+            produced.extend(ids)
+            return tokenizer.decode(ids, skip_special_tokens=True)
+
+        trajectory = tool_use.run_tool_loop(generate, case["prompt"], funcs, recipe.max_tool_calls or 4)
+        answers.append(trajectory["final_answer"])
+        ids_out.append(produced)
+        calls.append(len(trajectory["calls"]))
+    return answers, ids_out, calls
 
 
 def _rendered(tokenizer, case: dict) -> str:
@@ -572,6 +628,8 @@ class RunState:
                 "format": result["format"], "think_present": result["think_present"],
                 "mixed_language": result["mixed_language"], "prediction": result["pred"],
             })
+            if columns.get("tool_completions") is not None:  # tool rollouts: the whole conversation too
+                self.samples[-1]["trajectory"] = list(columns["tool_completions"][i])
         self.samples_step = step
 
     def write_samples(self, step: int) -> None:
@@ -608,6 +666,13 @@ def train(plan: TrainPlan) -> dict:
         tokenizer = models.load_tokenizer(recipe.model, trust_remote_code=args.trust_remote_code)
     except OSError as exc:  # a hub id that is not cached while offline, a folder without a tokenizer
         raise ConfigError("model", f"cannot load the tokenizer of {recipe.model}: {exc}") from None
+    if recipe.tools:
+        from diagnosis_zero import tool_use, tools
+
+        if recipe.orphanet:
+            tools.configure(orphanet=[os.path.expanduser(p) for p in recipe.orphanet])
+        logger.info("tools %s with the %s chat template", ", ".join(recipe.tools),
+                    tool_use.ensure_tool_template(tokenizer))
     data_dir = prepared_data_dir(recipe)
     train_rows = load_split(data_dir, "train", tokenizer, recipe)
     val_cases = []
@@ -628,6 +693,8 @@ def train(plan: TrainPlan) -> dict:
 
     train_dataset = Dataset.from_list(train_rows)
     reward_funcs, weights = make_reward_funcs(plan.reward_config, recipe.assistant_prefix, run.on_reward_batch)
+    if recipe.tools:
+        reward_funcs, weights = _tool_reward_funcs(reward_funcs, weights, plan)
     if args.reward_weights is None:
         args.reward_weights = weights
     model_init_kwargs = {"dtype": _dtype(recipe, args, plan.device, torch)}
@@ -640,7 +707,8 @@ def train(plan: TrainPlan) -> dict:
                                  target_modules=targets[0] if targets == ["all-linear"] else targets,
                                  task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[_make_callback(run)])
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=[_make_callback(run)],
+                          tools=_tool_funcs(recipe) or None)
     run.trainer = trainer
     _quiet_progress(trainer)
 
@@ -662,6 +730,21 @@ def train(plan: TrainPlan) -> dict:
         "completions": str(output_dir / COMPLETIONS_FILE) if (output_dir / COMPLETIONS_FILE).is_file() else None,
         "global_step": trainer.state.global_step,
     }
+
+
+def _tool_reward_funcs(reward_funcs, weights, plan: TrainPlan):
+    """Return the reward functions on the final answer, the optional tool shaping, and the tool metrics."""
+    from diagnosis_zero import reward, tool_use
+
+    recipe = plan.recipe
+
+    def accuracies(answers, columns):
+        kept = {k: v for k, v in columns.items() if k in ("reward_model", "extra_info")}
+        return [r["acc"] for r in reward.score_batch(answers, plan.reward_config, **kept)]
+
+    return tool_use.make_tool_reward_funcs(reward_funcs, weights, free_tool_calls=recipe.free_tool_calls,
+                                           tool_call_cost=recipe.tool_call_cost,
+                                           tool_format_penalty=recipe.tool_format_penalty, score=accuracies)
 
 
 def _quiet_progress(trainer) -> None:
