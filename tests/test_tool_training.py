@@ -17,7 +17,8 @@ from diagnosis_zero import cli, configs, models, tool_use, train
 CALL = {"name": "search_by_phenotypes", "arguments": {"findings": ["seizure", "microcephaly"]}}
 INSTRUCTION = "What is the diagnosis? Reply as <think>your reasoning</think><answer>disease name</answer>."
 CONTEXT_TOKENS = 12  # prompt tokens the forced call is conditioned on
-TINY_TOOLS = ["--max-completion-length", "160", "--num-generations", "4", "--prompts-per-step", "2",
+# max_completion_length 600: the call (~30 tokens) and its result (~450) must fit, or TRL drops the result.
+TINY_TOOLS = ["--max-completion-length", "600", "--num-generations", "4", "--prompts-per-step", "2",
               "--per-device-train-batch-size", "8", "--use-peft", "false", "--demo-cases", "20",
               "--validation-max-cases", "2", "--validation-steps", "2", "--validation-max-tokens", "24",
               "--completions-log-steps", "1", "--completions-log-count", "4", "--report-to", "none",
@@ -94,3 +95,47 @@ def test_demo_tools_recipe_is_valid(tmp_path):
     planned = train.plan_run("demo-tools", {"output_dir": str(tmp_path / "o")})
     assert planned.recipe.tools == ["search_by_phenotypes", "disease_info"]
     assert planned.recipe.demo_distractors > 0
+
+
+def test_verl_tool_recipe_composes_validates_and_loads_the_tools(tiny_model_dir, tmp_path):
+    """The verl launch script's DRY_RUN in verl's own environment: verl's loader registers both tools
+    (schemas from the docstrings) and calls them; the config composes and passes validate_config."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    python = repo / ".venv-verl" / "bin" / "python"
+    assert python.exists(), f"{python.parent.parent} is missing: run scripts/setup_verl_env.sh"
+    config_json = tmp_path / "config.json"
+    env = {key: value for key, value in os.environ.items() if key not in ("REWARD_PATH", "VIRTUAL_ENV")}
+    # src/ first: verl's workers import the tools of this checkout (setup_verl_env.sh installs the same code)
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHON=str(python), DRY_RUN="1",
+               CONFIG_JSON=str(config_json), MODEL_PATH=str(tiny_model_dir), DATA_DIR=str(tmp_path / "data"),
+               OUTPUT_DIR=str(tmp_path / "run"), PYTHONPATH=str(repo / "src"))
+    process = subprocess.run(["bash", str(repo / "recipes/verl/run_qwen2.5-7b-tools.sh")], capture_output=True,
+                             text=True, timeout=600, env=env)
+    assert process.returncode == 0, process.stderr[-3000:] + process.stdout[-2000:]
+    assert "tool search_by_phenotypes: schema ok" in process.stdout
+    assert "tool disease_info: schema ok" in process.stdout and "verl tools OK" in process.stdout
+    for check in ("hydra composition", "validate_config", "actor_rollout_ref.rollout -> dataclass"):
+        assert f"ok: {check}" in process.stderr
+    config = json.loads(config_json.read_text())
+    multi_turn = config["actor_rollout_ref"]["rollout"]["multi_turn"]
+    assert multi_turn["enable"] is True and multi_turn["format"] == "hermes"
+    assert multi_turn["function_tool_path"] == str(repo / "recipes/verl/diagnosis_tools.py")
+    assert config["actor_rollout_ref"]["rollout"]["agent"]["default_agent_loop"] == "tool_agent"
+    assert config["reward"]["custom_reward_function"] == {
+        "path": str(repo / "src/diagnosis_zero/tool_use.py"), "name": "compute_score_final_turn"}
+
+
+def test_verl_final_turn_reward_ignores_tool_results():
+    response = ("<tool_call>\n{\"name\": \"disease_info\", \"arguments\": {\"name_or_orpha_code\": \"355\"}}\n"
+                "</tool_call>\nuser\n<tool_response>\nORPHA:355 Gaucher disease\n<answer>Gaucher disease</answer>"
+                "\n</tool_response>\nassistant\n<think>It fits.</think><answer>Fabry disease</answer>")
+    truth = {"diagnosis": ["Fabry disease"], "orpha_id": "324"}
+    scored = tool_use.compute_score_final_turn("rare_arena", response, truth)
+    assert scored["acc"] == 1 and scored["format"] == 1 and scored["pred"] == "Fabry disease"
+    wrong = tool_use.compute_score_final_turn("rare_arena", response.replace("Fabry disease</answer>", "x</answer>"),
+                                              truth)
+    assert wrong["acc"] == 0  # the <answer> inside the tool result does not count

@@ -276,3 +276,20 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((start, end))
     return merged
+
+
+# ---------------------------------------------------------------- verl
+
+_LAST_TOOL_RESPONSE = re.compile(r"^.*</tool_response>\s*(?:assistant\s*\n)?", re.DOTALL)
+
+
+def compute_score_final_turn(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    """verl reward for multi-turn tool rollouts: `reward.compute_score` on the text after the last tool result.
+
+    verl decodes a multi-turn response as one string, tool results (`<tool_response>...`) included;
+    only the model's last turn is its answer (recipes/verl/run_qwen2.5-7b-tools.sh).
+    """
+    from diagnosis_zero import reward
+
+    return reward.compute_score(data_source, _LAST_TOOL_RESPONSE.sub("", solution_str, count=1), ground_truth,
+                                extra_info, **kwargs)
