@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from diagnosis_zero.report import Problems, _save_figure, build_report, load_run, plot_figures
+from diagnosis_zero.report import Problems, build_report, load_run, plot_figures
+from diagnosis_zero.report_figures import save_figure
 
 TARGET_S = 10.0
 STEPS = 2000
@@ -67,7 +68,7 @@ def main() -> int:
             loaded = [load_run(r, Problems()) for r in runs]
             figures, _ = plot_figures(loaded)
             for name, fig in figures.items():
-                _save_figure(fig, root / f"baseline-{attempt}" / name)
+                save_figure(fig, root / f"baseline-{attempt}" / name)
             baseline_s = min(baseline_s, time.perf_counter() - started)
 
     print(f"report, 3 runs x {STEPS} steps: {report_s:.2f} s (target < {TARGET_S:.0f} s)")

@@ -7,7 +7,9 @@ Completions look like a GRPO batch: a <think> paragraph then an <answer>, with c
 their surface variants, wrong names, other subtypes, acronyms, lists, malformed tags and other
 languages appended. Each method scores the same list in the same process; the script prints
 completions/s for each and the ratio clinical/seed (target: >= 1.0), then the two pathological
-inputs of the issue (50,000 unclosed <answer> tags, a 1 MB completion), timed.
+inputs of the issue (50,000 unclosed <answer> tags, a 1 MB completion), timed, and how the time
+grows with 8x the input for each adversarial pattern (linear ~8, quadratic ~64). With RareArena's
+orphanet_hypernym.json (--hierarchy, default ../shared/data) it also times Orphanet partial credit.
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=100_000, help="number of synthetic completions")
     parser.add_argument("--seed", type=int, default=0, help="random seed for the synthetic completions")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per method; the best round counts")
+    parser.add_argument("--hierarchy", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared"
+                        / "data" / "orphanet_hypernym.json", help="orphanet_hypernym.json for the partial-credit run")
     args = parser.parse_args()
     cases = synthesize(args.n, args.seed)
     reward.is_mixed_language("El paciente tiene fiebre y dolor.")  # load py3langid outside the timing
@@ -148,6 +152,12 @@ def main() -> int:
     seed_rate, clinical_rate, seed_same_rate = (rates[label] for label, _ in runs)
     print(f"ratio clinical/seed (presets):           {clinical_rate / seed_rate:.2f}   (target >= 1.0)")
     print(f"ratio clinical/seed (same format rules): {clinical_rate / seed_same_rate:.2f}   (target >= 1.0)")
+    if args.hierarchy.is_file():  # Orphanet partial credit: one cached parent lookup per case
+        reward.load_hierarchy(args.hierarchy)  # parsed once per process, outside the timing
+        partial_rate = max(throughput(cases, preset="clinical", hierarchy=str(args.hierarchy))[0]
+                           for _ in range(args.repeats))
+        print(f"clinical + Orphanet partial credit {partial_rate:>12,.0f} completions/s; "
+              f"ratio partial/seed: {partial_rate / seed_rate:.2f}   (target >= 1.0)")
 
     # The matchers alone, on the extracted answers (the part of the work where the methods differ).
     pairs = [(reward.extract_answer(completion), truth["diagnosis"]) for completion, truth in cases]
@@ -173,7 +183,50 @@ def main() -> int:
             start = time.perf_counter()
             reward.compute_score(data_source="x", solution_str=text, ground_truth=truth, preset=preset)
             print(f"{label:<32} {preset:<9} {time.perf_counter() - start:.4f} s   (target well under 0.1 s)")
+    print_growth()
     return 0
+
+
+GROWTH_PATTERNS = {  # what drives the parser, the matcher and the language check, repeated
+    "unclosed answer tags": "<answer>", "nested think and answer": "<think><answer>x</think>",
+    "foreign function words": "el y la de que et les der und ", "accented letters": "é à ü ñ ",
+    "list separators": "1. a; b or c / d\n", "punctuation runs": "....,,,;;;!!! ",
+    "acronyms and parens": "DLBCL (NF1) MEN2A ((( ", "CJK": "日本語の診断", "lead-ins": "final likely ",
+    "parenthetical": "Gaucher disease (type II) ", "NOS": "lymphoma NOS, ", "negation": "not ruled out ",
+}
+
+
+def _best_time(function, text: str, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        reward._normalize.cache_clear()
+        reward._answer_info.cache_clear()
+        start = time.perf_counter()
+        function(text)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def print_growth() -> None:
+    """Print time(8x input) / time(1x input) per adversarial pattern: ~8 is linear, ~64 quadratic."""
+    truth = {"diagnosis": ["Gaucher disease type 1"]}
+    print("growth of the time for 8x the input (linear ~8, quadratic ~64; target < 20):")
+    worst = 0.0
+    for name, unit in GROWTH_PATTERNS.items():
+        small = unit * max(1, 16_000 // len(unit))
+        ratios = []
+        for preset in ("clinical", "original"):
+            for wrap in ("{}", "<think>r</think><answer>{}</answer>"):
+                def score(text, preset=preset):
+                    reward.compute_score(data_source="x", solution_str=text, ground_truth=truth, preset=preset)
+                t_small = _best_time(score, wrap.format(small))
+                ratios.append(_best_time(score, wrap.format(small * 8)) / max(t_small, 1e-4))
+        answer = unit * max(1, 1_200 // len(unit))  # the matcher reads answers up to 10,000 characters
+        match = lambda text: reward.match_diagnosis(text, ["Gaucher disease type 1"])  # noqa: E731
+        ratios.append(_best_time(match, answer * 8) / max(_best_time(match, answer), 1e-4))
+        worst = max(worst, *ratios)
+        print(f"  {name:<26} " + " ".join(f"{r:5.1f}" for r in ratios))
+    print(f"worst growth ratio: {worst:.1f}   (target < 20)")
 
 
 if __name__ == "__main__":

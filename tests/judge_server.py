@@ -1,13 +1,17 @@
 """A fake OpenAI-compatible judge: a real HTTP server on 127.0.0.1 that speaks `/v1/chat/completions`.
 
-It grades the way a careful judge would on the prompts `diagnosis_zero.judge` writes: 2 when the
+It grades the way a careful judge would on the prompts `diagnosis_zero.judge` writes: 2 when a
 predicted diagnosis equals (case-insensitively) one of the score-2 names, 1 when it equals one of
-the score-1 names (or, under the original protocol, contains the word "disorder"), else 0.
+the score-1 names (or, under RareArena's original prompt, contains the word "disorder"), else 0.
+It reads both kinds of prompt: the per-item one (one diagnosis, answered with one digit) and
+RareArena's (the whole numbered answer, answered "1. NAME: score N;" per line, as GPT-4o does).
 
 Faults are injected per request, optionally only for one predicted diagnosis:
 `500` (server error), `429` (rate limited, with `Retry-After`), `timeout` (answers after `delay`
 seconds), `garbage` (a 200 whose text is not a score), `drop` (headers and half a body, then the
-connection closes). Every request is logged with its arrival time, so tests can count what was sent.
+connection closes). Every request is logged with its arrival time and body, so tests can count
+what was sent and compare it byte for byte. For a RareArena prompt the "prediction" a fault
+matches and the log records is the whole (stripped) answer text.
 
 Used in-process by the tests (`JudgeServer().start()`) and as a subprocess by
 `benchmarks/bench_judge.py` (`python tests/judge_server.py --latency 0.05`, prints `PORT n`).
@@ -16,6 +20,7 @@ Used in-process by the tests (`JudgeServer().start()`) and as a subprocess by
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import json
 import re
@@ -43,6 +48,7 @@ class Request:
     status: int
     fault: str | None
     authorization: str | None
+    body: dict | None = None
 
 
 def _field(text: str, label: str) -> str | None:
@@ -56,8 +62,31 @@ def _names(value: str | None) -> set[str]:
     return {name.strip().lower() for name in value.split(" | ") if name.strip()}
 
 
+_ORIGINAL = re.compile("Here is the student\u2019s answer: \n(.*)\n\nHere is the reference diagnosis: \n(.*)"
+                       "\n\nOutput Format:", re.DOTALL)
+_UPDATED = re.compile(r"- Score 2 Set: (.*?)\n(?:- Score 1 Set: (.*?)\n)?\n\*\*Student's Answer:\*\*\n(.*)"
+                      r"\n\n\*\*Output Format:\*\*", re.DOTALL)
+_ITEM = re.compile(r"^\s*\d+\s*[.)]\s*|;\s*$")
+
+
+def grade_answer(answer: str, exact: set[str], broader: set[str], original: bool) -> str:
+    """Return a RareArena-style reply grading each line of a numbered answer."""
+    lines = []
+    for number, item in enumerate((i for i in (_ITEM.sub("", line).strip() for line in answer.splitlines()) if i), 1):
+        name = item.lower()
+        score = 2 if name in exact else 1 if name in broader or (original and "disorder" in name.split()) else 0
+        lines.append(f"{number}. {item}: score {score};")
+    return "\n".join(lines)
+
+
 def grade(prompt: str) -> tuple[str | None, str]:
-    """Return (predicted diagnosis, the digit a careful judge would answer) for a judge prompt."""
+    """Return (predicted diagnosis or answer, what a careful judge would answer) for a judge prompt."""
+    if found := _ORIGINAL.search(prompt):
+        return found.group(1).strip(), grade_answer(found.group(1), {found.group(2).strip().lower()}, set(), True)
+    if found := _UPDATED.search(prompt):
+        exact = {n.lower() for n in ast.literal_eval(found.group(1))}
+        broader = {n.lower() for n in ast.literal_eval(found.group(2) or "[]")}
+        return found.group(3).strip(), grade_answer(found.group(3), exact, broader, False)
     prediction = _field(prompt, "Predicted diagnosis")
     exact = _names(_field(prompt, "Score-2 names") or _field(prompt, "Reference diagnosis"))
     broader = _names(_field(prompt, "Score-1 names"))
@@ -132,9 +161,9 @@ class JudgeServer:
                     return fault
         return None
 
-    def _log(self, prediction, status, fault, authorization) -> None:
+    def _log(self, prediction, status, fault, authorization, body=None) -> None:
         with self._lock:
-            self.requests.append(Request(time.monotonic(), prediction, status, fault, authorization))
+            self.requests.append(Request(time.monotonic(), prediction, status, fault, authorization, body))
 
     def stats(self) -> dict:
         with self._lock:
@@ -176,7 +205,7 @@ def _make_handler(server: JudgeServer):
             prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
             prediction, digit = grade(prompt)
             if server.api_key is not None and authorization != f"Bearer {server.api_key}":
-                server._log(prediction, 401, None, authorization)
+                server._log(prediction, 401, None, authorization, body)
                 self._send_json(401, {"error": {"message": "invalid api key", "type": "invalid_request_error"}})
                 return
             fault = server._take_fault(prediction)
@@ -184,16 +213,16 @@ def _make_handler(server: JudgeServer):
                 time.sleep(server.latency)
             kind = fault.kind if fault else None
             if kind == "500":
-                server._log(prediction, 500, kind, authorization)
+                server._log(prediction, 500, kind, authorization, body)
                 self._send_json(500, {"error": {"message": "internal error", "type": "server_error"}})
                 return
             if kind == "429":
-                server._log(prediction, 429, kind, authorization)
+                server._log(prediction, 429, kind, authorization, body)
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
                 self._send_json(429, {"error": {"message": "rate limited", "type": "rate_limit"}}, headers)
                 return
             if kind == "drop":
-                server._log(prediction, 0, kind, authorization)
+                server._log(prediction, 0, kind, authorization, body)
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", "400")
@@ -203,13 +232,13 @@ def _make_handler(server: JudgeServer):
                 self.close_connection = True
                 return
             if kind == "timeout":
-                server._log(prediction, 0, kind, authorization)
+                server._log(prediction, 0, kind, authorization, body)
                 time.sleep(fault.delay)
                 self.close_connection = True
                 return
             text = "I cannot grade this, sorry." if kind == "garbage" else digit
             text = server.answer_override.get(prediction, text)
-            server._log(prediction, 200, kind, authorization)
+            server._log(prediction, 200, kind, authorization, body)
             self._send_json(200, {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion",

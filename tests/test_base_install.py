@@ -51,11 +51,11 @@ def test_prepare_hpo_and_rarearena_without_training_stack(tmp_path):
 
 def test_reward_metrics_and_report_without_training_stack(tmp_path):
     results = FIXTURES / "runs" / "results" / "qwen2.5-7b-instruct"
-    proc = base_cli("metrics", "--input", *sorted(results.glob("step-*.judged.jsonl")), "--format", "json")
+    proc = base_cli("metrics", "--results", results, "--format", "json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)
+    assert [s["step"] for s in json.loads(proc.stdout)] == [0, 20, 40]
     proc = base_cli("report", "--runs", FIXTURES / "runs" / "qwen2.5-7b-instruct", "--results", results,
-                    "--output", tmp_path / "report")
+                    "--output-dir", tmp_path / "report")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
 

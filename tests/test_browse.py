@@ -1,5 +1,7 @@
+import argparse
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -13,16 +15,16 @@ from pathlib import Path
 import pytest
 from werkzeug.test import Client
 
-from diagnosis_zero import cli
+from diagnosis_zero import browse, cli
 from diagnosis_zero.browse import (
     FILTERS,
     case_text,
     highlight_completion,
     judge_score,
     load_checkpoints,
-    load_hierarchy,
     make_app,
 )
+from diagnosis_zero.reward import load_hierarchy
 
 ROOT = Path(__file__).parent.parent
 RESULTS = Path(__file__).parent / "fixtures" / "runs" / "results" / "qwen2.5-7b-instruct"
@@ -54,10 +56,12 @@ def test_highlight_marks_tags_blocks_and_other_language():
     assert '<span class="tag tag-think">&lt;think&gt;</span>' in page
     assert '<span class="think">\nsee &lt;b&gt;x&lt;/b&gt;\n</span>' in page  # model text is escaped
     assert '<span class="answer"> Wilson disease </span>' in page
-    assert '<span class="outside">\n<mark class="lang" title="other language">最終診断は上記の通りです。</mark></span>' in page
+    # the characters reward.is_mixed_language counts: full-width punctuation alone is no language
+    assert '<span class="outside">\n<mark class="lang" title="other language">最終診断は上記の通りです</mark>。</span>' in page
     # Greek letters in disease names are not another language
     assert "<mark" not in highlight_completion("<answer> α-thalassemia </answer>")
-    assert '<mark class="lang" title="other language">诊断结果如上所述。</mark>' in highlight_completion("诊断结果如上所述。")
+    assert '<mark class="lang" title="other language">诊断结果如上所述</mark>。' in highlight_completion("诊断结果如上所述。")
+    assert "<mark" not in highlight_completion("<answer> Wilson disease </answer>，")
 
 
 def test_load_checkpoints_lays_judge_over_evaluated(tmp_path):
@@ -83,7 +87,7 @@ def test_filters_match_hand_counted_outcomes():
     assert chosen["correct"] == ["3", "4", "6", "7"]  # judge score 2
     assert chosen["wrong"] == ["1", "2", "5", "8"]
     assert chosen["format_failure"] == ["5"]
-    assert chosen["dropped_think"] == ["5", "7"]
+    assert chosen["think_dropped"] == ["7"]  # an answer without think; case 5 has neither (format failure)
     assert chosen["mixed_language"] == ["3", "8"]
     assert chosen["rule_wrong_judge_right"] == ["6"]  # NF1
     assert chosen["rule_right_judge_wrong"] == ["1"]  # Gaucher type 2 vs type 1
@@ -111,7 +115,7 @@ def test_case_page_shows_everything(client):
     page = client.get("/case?id=case-3&ckpt=step-0").get_data(as_text=True)
     assert "Slit-lamp examination showed brown rings" in page
     assert '<span class="answer"> Wilson disease </span>' in page
-    assert '<mark class="lang" title="other language">最終診断は上記の通りです。</mark>' in page
+    assert '<mark class="lang" title="other language">最終診断は上記の通りです</mark>' in page
     assert "ORPHA:905" in page and "Disorder of copper metabolism" in page and "counts as score 1" in page
     assert '<span class="badge ok">score 2</span> exact match or synonym' in page
     assert "Score: 2. Exact match." in page
@@ -170,7 +174,7 @@ def running_browse(*extra: str):
 
 @pytest.fixture
 def server(hierarchy_file):
-    with running_browse("--hierarchy", str(hierarchy_file)) as started:
+    with running_browse("--orphanet", str(hierarchy_file)) as started:
         yield started
 
 
@@ -200,7 +204,8 @@ def test_browser_filters_mixed_language_and_opens_a_case(server):
         expect(answer).to_have_text(" Wilson disease ")
         expect(answer).to_have_css("background-color", "rgb(255, 243, 163)")
         expect(page.locator(".output .tag-answer").first).to_be_visible()
-        expect(page.locator(".output mark.lang")).to_have_text("最終診断は上記の通りです。")
+        expect(page.locator(".output mark.lang")).to_have_text("最終診断は上記の通りです")
+        expect(page.locator("#case-text p.case")).to_have_css("white-space", "pre-wrap")  # line breaks kept
         expect(page.locator("#judge-verdict .verdict")).to_contain_text("score 2 exact match or synonym")
         expect(page.locator("#judge-verdict pre.raw")).to_have_text("Score: 2. Exact match.")
         page.screenshot(path=str(artifacts / "browse.png"), full_page=True)
@@ -275,9 +280,46 @@ def test_pasted_case_streams_the_models_greedy_output(tiny_model):
 
 
 def test_latin_script_mixed_language_is_explained():
-    from diagnosis_zero.browse import _output_card
+    from diagnosis_zero.browse_pages import output_card
 
-    card = _output_card({"completion": "<answer> Wilson disease </answer> El diagnóstico es claro.",
+    card = output_card({"completion": "<answer> Wilson disease </answer> El diagnóstico es claro.",
                          "mixed_language": True}, "x")
     assert "in Latin script" in card and "<mark" not in card
-    assert "in Latin script" not in _output_card({"completion": "<answer>x</answer> 诊断", "mixed_language": True}, "x")
+    assert "in Latin script" not in output_card({"completion": "<answer>x</answer> 诊断", "mixed_language": True}, "x")
+
+
+def test_no_python_reprs_and_the_case_keeps_its_line_breaks(tmp_path, hierarchy_file):
+    record = load_checkpoints(RESULTS)[0]["step-0"][2]  # case-3, judged 2
+    user = next(m for m in record["prompt"] if m["role"] == "user")
+    user["content"] = user["content"].replace("developed tremor, ", "developed\ntremor,\n")
+    record.update(num_tokens=None, score=None)
+    record["judge"].update(cached=False, scores=[2, None])
+    (tmp_path / "step-0.jsonl").write_text(json.dumps(record) + "\n")
+    checkpoints, _ = load_checkpoints(tmp_path)
+    page = Client(make_app(checkpoints, hierarchy=load_hierarchy(hierarchy_file))).get(
+        "/case?id=case-3&ckpt=step-0").get_data(as_text=True)
+    for repr_ in ("None", "False", "True", "[2"):
+        assert repr_ not in page, repr_
+    assert "tokens</dt>" not in page and "cached" not in page  # unknown or not set: left out
+    assert "<dt>per item</dt><dd>2, –</dd>" in page and "rule –" in page
+    assert '<p class="case">' in page and "developed\ntremor,\ndysarthria" in page
+    record["judge"]["cached"] = True
+    (tmp_path / "step-0.jsonl").write_text(json.dumps(record) + "\n")
+    page = Client(make_app(load_checkpoints(tmp_path)[0])).get("/case?id=case-3&ckpt=step-0").get_data(as_text=True)
+    assert "<dt>from the judge cache</dt><dd>yes</dd>" in page
+
+
+def test_results_take_files_and_folders_and_the_old_hierarchy_flag(tmp_path, hierarchy_file, capsys):
+    other = tmp_path / "other-run"
+    other.mkdir()
+    shutil.copy(RESULTS / "step-0.jsonl", other / "step-0.jsonl")
+    checkpoints, warnings = load_checkpoints([RESULTS, other / "step-0.jsonl"])
+    # step-0 is in both: each keeps its folder's name in front
+    assert list(checkpoints) == ["other-run/step-0", "qwen2.5-7b-instruct/step-0", "step-20", "step-40"]
+    assert judge_score(checkpoints["qwen2.5-7b-instruct/step-0"][2]) == 2  # its judged file joined it
+    assert "other-run/step-0: no judged file; judge verdicts not available" in warnings
+    parser = argparse.ArgumentParser()
+    browse.add_arguments(parser)
+    args = parser.parse_args(["--results", str(RESULTS), "--hierarchy", str(hierarchy_file)])
+    assert args.orphanet == [str(hierarchy_file)]
+    assert "--hierarchy is deprecated; use --orphanet" in capsys.readouterr().err

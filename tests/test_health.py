@@ -146,3 +146,19 @@ def test_new_flags_reports_each_flag_once_while_training():
 def test_flag_reads_as_one_line():
     flag = HealthFlag("kl_blowup", 12, "kl", "kl averaged 3 (threshold 1)")
     assert str(flag) == "kl_blowup from step 12 (kl): kl averaged 3 (threshold 1)"
+
+
+def test_a_flag_that_ended_gives_its_steps_in_the_past_tense():
+    # entropy collapses from ONSET for 20 steps, then recovers to its healthy level
+    rows = broken("entropy", lambda s, v: 0.05 if s < ONSET + 20 else v)
+    [flag] = check_health(rows)
+    assert (flag.name, flag.step) == ("entropy_collapse", ONSET)
+    # the trailing mean over 5 steps still holds for a few steps after the raw recovery at ONSET + 20
+    assert ONSET + 19 <= flag.end_step < ONSET + 24
+    assert str(flag).startswith(f"entropy_collapse at steps {ONSET}-{flag.end_step} (entropy): entropy fell to")
+    assert "the policy was becoming deterministic" in flag.message
+    assert f"it cleared after step {flag.end_step}" in flag.message
+    # while it still holds (the rows so far end inside the collapse), it speaks in the present
+    [live] = check_health(rows[:ONSET + 10])
+    assert live.end_step is None and str(live).startswith(f"entropy_collapse from step {ONSET} (entropy)")
+    assert "the policy is becoming deterministic" in live.message

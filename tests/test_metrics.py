@@ -46,7 +46,7 @@ def test_summarize_counts_every_figure():
     assert summary["top1_judge_incl1"] == pytest.approx(3 / 4)
     assert summary["format_rate"] == pytest.approx(5 / 6)
     assert summary["think_rate"] == pytest.approx(4 / 6)
-    assert summary["answer_only_rate"] == pytest.approx(1 / 6)
+    assert summary["think_dropped_rate"] == pytest.approx(1 / 6)  # the answer-only line, not the empty one
     assert summary["mixed_language_rate"] == pytest.approx(2 / 6)
     assert summary["acc_mixed"] == pytest.approx(1 / 2)
     assert summary["acc_not_mixed"] == pytest.approx(1 / 4)
@@ -141,4 +141,49 @@ def test_render_table_is_stable_for_the_report_helper(tmp_path):
 
 def test_missing_file_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["metrics", "--input", str(tmp_path / "nope.jsonl")]) == 2
-    assert "nope.jsonl: file not found" in capsys.readouterr().err
+    assert "nope.jsonl: results path not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad, field, reason", [
+    ({"acc": "yes"}, "acc", "expected true/false or 0/1, got 'yes'"),
+    ({"score": "high"}, "score", "expected a number, got 'high'"),
+    ({"num_tokens": "many"}, "num_tokens", "expected a number, got 'many'"),
+    ({"rank": 1.5}, "rank", "expected an integer, got 1.5"),
+    ({"judge": verdict("2")}, "judge.score", "expected 2, 1, 0 or null, got '2'"),
+])
+def test_a_field_of_the_wrong_type_is_one_line_with_file_line_field(tmp_path, capsys, bad, field, reason):
+    path = write(tmp_path / "run" / "step-0.jsonl", [line(1), {**line(0), **bad}])
+    assert cli.main(["metrics", "--results", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {path}:2: field '{field}': {reason}\n"
+
+
+def test_a_json_error_names_the_column_on_its_own_line(tmp_path, capsys):
+    path = tmp_path / "step-0.jsonl"
+    path.write_text('{"id": "a", "acc": 1}\n{"id": "b", "acc": 1\n{"id": "c"}\n')
+    assert cli.main(["metrics", "--results", str(path)]) == 2
+    assert f"{path}:2: not valid JSON (Expecting ',' delimiter at column 21)" in capsys.readouterr().err
+
+
+def test_folders_are_read_by_step_with_the_judged_file_preferred(tmp_path, capsys):
+    folder = tmp_path / "qwen-7b"
+    write(folder / "step-0.jsonl", [line(1), line(0)])
+    write(folder / "step-0.judged.jsonl", [line(1, judge=verdict(2)), line(0, judge=verdict(2))])
+    write(folder / "step-10.jsonl", [line(1), line(1)])
+    write(folder / "notes.jsonl", [{"not": "a result"}])
+    assert cli.main(["metrics", "--results", str(folder), "--format", "json"]) == 0
+    summaries = json.loads(capsys.readouterr().out)
+    assert [(s["step"], s["file"]) for s in summaries] == [(0, str(folder / "step-0.judged.jsonl")),
+                                                            (10, str(folder / "step-10.jsonl"))]
+    assert [s["top1_judge"] for s in summaries] == [1.0, None]
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["metrics", "--results", str(tmp_path / "empty")]) == 2
+    assert "no results files" in capsys.readouterr().err
+
+
+def test_old_input_flag_still_works_and_warns(tmp_path, capsys):
+    path = write(tmp_path / "run" / "step-0.jsonl", [line(1), line(0)])
+    assert cli.main(["metrics", "--input", str(path), "--metric", "top1_rule", "--metric", "format_rate"]) == 0
+    captured = capsys.readouterr()
+    assert "--input is deprecated; use --results" in captured.err
+    assert "top-1, rule" in captured.out

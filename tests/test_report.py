@@ -119,7 +119,7 @@ def test_tables_from_metrics_match_hand_computed(metrics_report):
     failures = read_csv(metrics_report / "tables" / "format_and_think.csv")
     row = next(r for r in failures if r["model"] == "1.5B" and r["step"] == "30")
     assert float(row["format failure (%)"]) == pytest.approx(13.0)   # 1 - (0.9 - 0.001 * 30)
-    assert float(row["dropped think (%)"]) == pytest.approx(70.0)    # val_think_rate 0.3 after step 25
+    assert float(row["think dropped (%)"]) == pytest.approx(60.0)    # val_think_dropped_rate 0.6 after step 25
     inside = (metrics_report / "tables" / "accuracy_by_mixed_language.md").read_text()
     assert "pass --results" in inside
 
@@ -151,9 +151,10 @@ def test_tables_from_results_match_hand_computed(results_report):
 
     failures = {(r["model"], r["step"]): r for r in read_csv(results_report / "tables" / "format_and_think.csv")}
     assert float(failures[("7B", "0")]["format failure (%)"]) == pytest.approx(12.5)
-    assert float(failures[("7B", "0")]["dropped think (%)"]) == pytest.approx(25.0)
-    assert float(failures[("7B", "40")]["dropped think (%)"]) == pytest.approx(37.5)
-    assert float(failures[("1.5B", "40")]["dropped think (%)"]) == pytest.approx(87.5)
+    # think dropped = an answer without a think block; case 5 (no answer, no think) is a format failure
+    assert float(failures[("7B", "0")]["think dropped (%)"]) == pytest.approx(12.5)   # case 7
+    assert float(failures[("7B", "40")]["think dropped (%)"]) == pytest.approx(25.0)  # cases 5 (Pompe), 7
+    assert float(failures[("1.5B", "40")]["think dropped (%)"]) == pytest.approx(75.0)  # all but 4 and 5
 
 
 def test_html_is_self_contained(results_report):
@@ -164,7 +165,7 @@ def test_html_is_self_contained(results_report):
     assert all(s.startswith(("data:", "#")) for s in sources)
     assert "@import" not in page and "url(" not in page
     for table in ("Top-1 accuracy by model and step", "Mixed-language rate by model and step",
-                  "Accuracy inside vs outside mixed-language cases", "Format-failure and dropped-think rates"):
+                  "Accuracy inside vs outside mixed-language cases", "Format-failure and think-dropped rates"):
         assert table in page
 
 
@@ -273,3 +274,22 @@ def test_partial_judge_file_falls_back_to_rule_and_is_listed(tmp_path):
     assert "step-20.judged.jsonl: judge incomplete (5 of 8 records); using rule scores" in md
     top1 = read_csv(out / "tables" / "top1_accuracy.csv")
     assert (top1[0]["model"], top1[0]["step 20 (%)"], top1[0]["source"]) == ("7B", "75.0", "rule")  # 6/8
+
+
+def test_missing_results_exit_2_and_the_old_output_flag_still_works(tmp_path, capsys):
+    assert cli.main(["report", "--results", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")]) == 2
+    assert "missing: results path not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert cli.main(["report", "--runs", str(RUN_7B), "--output", str(tmp_path / "old")]) == 0
+    assert "--output is deprecated; use --output-dir" in capsys.readouterr().err
+    assert (tmp_path / "old" / "report.html").is_file()
+
+
+def test_a_health_flag_that_ended_reads_in_the_past_with_its_steps(tmp_path):
+    run_dir = tmp_path / "qwen-7b"
+    rows = [{"step": s, "kl": 5.0 if 10 <= s < 20 else 0.01} for s in range(40)]
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = (build_report([run_dir], [], tmp_path / "out") / "report.html").read_text()
+    assert "<b>kl_blowup</b> at steps 10-23 (<code>kl</code>)" in page
+    assert "the policy was running away from its reference; it cleared after step 23" in page

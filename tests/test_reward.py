@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,23 @@ def test_original_preset_levels_and_lenient_format():
     assert compute_score("rare_arena", "Gaucher disease type 1", truth, preset="original")["score"] == 0.0
     result = compute_score("rare_arena", "<answer>Fabry disease</answer>", truth, preset="original")
     assert result["format"] == 1 and result["pred"] == "fabry disease"
+
+
+@pytest.mark.parametrize("completion", [
+    "<answer></answer>",
+    "<answer> </answer>",
+    "<think>r</think><answer>\n\t </answer>",
+    # the original reads the FIRST block only: a later, correct block changes nothing
+    "<answer> </answer><answer>Gaucher disease type 1</answer>",
+])
+def test_original_preset_pays_wrong_reward_for_an_empty_first_answer_block(completion):
+    truth = {"diagnosis": ["Gaucher disease type 1"], "orpha_id": "77259"}
+    result = compute_score("rare_arena", completion, truth, preset="original")
+    assert (result["score"], result["acc"], result["format"], result["pred"]) == (0.1, 0, 1, "")
+    # the clinical preset: an empty block is no answer, and a second block is a format hack
+    assert compute_score("rare_arena", completion, truth)["score"] <= 0.0
+    # without any block, the original still pays nothing
+    assert compute_score("rare_arena", completion.replace("answer>", "x>"), truth, preset="original")["score"] == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,7 +626,8 @@ def test_reward_file_runs_on_the_standard_library_alone(tmp_path):
         "    m.compute_score(data_source='x', solution_str='', ground_truth='', preset='nope')\n"
         "except ValueError as exc:\n"
         "    print(type(exc).__name__, exc)\n")
-    proc = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # -S alone still honours PYTHONPATH
+    proc = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     first, second = json.loads(lines[0])
@@ -629,6 +648,7 @@ def test_import_is_light():
 
 def test_thread_pool_with_a_shared_lexicon():
     reward._LEXICONS.clear()
+    reward._LOADED_BY_ABSOLUTE_PATH.clear()
     cases = [(r1("Lou Gehrig disease"), {"diagnosis": ["Amyotrophic lateral sclerosis"], "orpha_id": "803"}, 1),
              (r1("Gaucher disease type 2"), TRUTH, 0),
              (r1("DLBCL") + " 日本語", {"diagnosis": ["Diffuse large B-cell lymphoma"]}, 1),
@@ -709,3 +729,16 @@ def test_trl_adapter_in_a_real_trl_reward_call():
     assert is_conversational({"prompt": [{"role": "user", "content": "x"}], "completion": completions[0]})
     assert funcs[0](prompts=[[{"role": "user", "content": "x"}]], completions=completions,
                     reward_model=[{"ground_truth": TRUTH}]) == [1.0]
+
+
+def test_the_docstring_examples_run():
+    import doctest
+
+    results = doctest.testmod(reward, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert results.attempted >= 4 and results.failed == 0
+
+
+def test_public_names_are_exported_and_other_modules_find_theirs():
+    assert set(reward.__all__) <= set(dir(reward))
+    assert reward.OTHER_SCRIPT is reward._OTHER_SCRIPT
+    assert reward.OTHER_SCRIPT.search("诊断") and not reward.OTHER_SCRIPT.search("Ménière，β")

@@ -8,7 +8,8 @@ front end fetches web fonts from the internet.
 Pages: `/` lists a checkpoint's cases with filters; `/case` shows one case (case text, highlighted
 reasoning and answer, ground truth with Orphanet code and parents, rule score and judge verdict);
 `/compare` puts two checkpoints side by side; `/diagnose` (with `--model`) streams a diagnosis of
-a pasted case.
+a pasted case. The pages are rendered in browse_pages.py; this module reads the results (files
+or folders, through io.find_results and io.read_jsonl) and serves them.
 """
 
 from __future__ import annotations
@@ -16,92 +17,107 @@ from __future__ import annotations
 import argparse
 import html
 import logging
-import re
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
 
+from diagnosis_zero import cli
+from diagnosis_zero.browse_pages import (
+    FILTERS,
+    case_text,
+    highlight_completion,
+    is_correct,
+    judge_score,
+    page_case,
+    page_compare,
+    page_diagnose,
+    page_frame,
+    page_list,
+    render_diagnosis,
+)
 from diagnosis_zero.errors import ConfigError, InputFileError
-from diagnosis_zero.io import iter_jsonl
-from diagnosis_zero.judge import MAX_PARENT_DISEASES, load_hierarchy
+from diagnosis_zero.io import find_results, orphanet_hierarchy, read_jsonl
+
+__all__ = ["FILTERS", "BrowseConfig", "Generator", "case_text", "highlight_completion", "is_correct",
+           "judge_score", "load_checkpoints", "make_app", "render_diagnosis"]
 
 logger = logging.getLogger(__name__)
 
-_STEP_FILE = re.compile(r"^(step-(\d+)|.+?)(\.judged)?\.jsonl$")
-_TAG = re.compile(r"(</?(?:think|answer)>)", re.IGNORECASE)
-# Other scripts, as `reward.is_mixed_language` counts them (Cyrillic, Armenian, Hebrew, Arabic, Indic,
-# Thai, Georgian, Hangul, CJK punctuation, kana, bopomofo, ideographs, full-width forms), and Greek
-# words of three letters or more (single Greek letters are medical symbols: β-thalassemia).
-_OTHER = ("\u0400-\u052f\u0530-\u058f\u0590-\u05ff\u0600-\u06ff\u0750-\u077f\u0900-\u09ff\u0e00-\u0e7f"
-          "\u10a0-\u10ff\u1100-\u11ff\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3130-\u318f\u3400-\u4dbf"
-          "\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff01-\uff60")
-_OTHER_LANGUAGE = re.compile(f"(?:[{_OTHER}]|[\u0370-\u03ff\u1f00-\u1fff]{{3,}})+"
-                             f"(?:[\\s\\d]*(?:[{_OTHER}]|[\u0370-\u03ff\u1f00-\u1fff]{{3,}})+)*")
-_CASE_MARKER = "The case report is:"
-JUDGE_MEANING = {2: "exact match or synonym", 1: "broader category that includes the reference", 0: "wrong"}
 MAX_PASTED_CHARS = 20_000
 
 
+@dataclass
+class BrowseConfig:
+    results: list[str] = field(default_factory=list, metadata={
+        "required": True, "metavar": "PATH",
+        "help": "results folders with step-N.jsonl / step-N.judged.jsonl files, or results files"})
+    orphanet: list[str] | None = field(default=None, metadata={
+        "aliases": ["--hierarchy"], "metavar": "PATH",
+        "help": "orphanet_hypernym.json: show each ground truth's Orphanet name and parents"})
+    model: str | None = field(default=None, metadata={
+        "help": "model to diagnose pasted cases with (local path, hub id or bundled:NAME)"})
+    template: str = field(default="r1-zero", metadata={"help": "prompt template for pasted cases (see prepare)"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "generation limit for pasted cases, tokens"})
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "address to bind (127.0.0.1: only this machine can connect)"})
+    port: int = field(default=7860, metadata={"help": "port to listen on"})
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", required=True, metavar="PATH",
-                        help="results dir with step-N.jsonl / step-N.judged.jsonl files (or one results file)")
-    parser.add_argument("--hierarchy", default=None, metavar="JSON",
-                        help="orphanet_hypernym.json: show each ground truth's Orphanet name and parents")
-    parser.add_argument("--model", default=None,
-                        help="model to diagnose pasted cases with (local path, hub id or bundled:NAME)")
-    parser.add_argument("--template", default="r1-zero", help="prompt template for pasted cases (see prepare)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024, help="generation limit for pasted cases, tokens")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1: only this machine can connect)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    cli.add_dataclass_arguments(parser, BrowseConfig)
 
 
 def run(args) -> int:
     from werkzeug.serving import run_simple
 
-    checkpoints, warnings = load_checkpoints(args.results)
-    hierarchy = load_hierarchy(args.hierarchy) if args.hierarchy else None
+    config = cli.dataclass_from_args(BrowseConfig, args)
+    checkpoints, warnings = load_checkpoints(config.results)
+    hierarchy = orphanet_hierarchy(config.orphanet)
     generator = None
-    if args.model:
+    if config.model:
         from diagnosis_zero.models import load_model_and_tokenizer
 
-        logger.info("loading %s", args.model)
-        model, tokenizer = load_model_and_tokenizer(args.model)
-        generator = Generator(model, tokenizer, args.template, args.max_new_tokens)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("binding %s: anyone who can reach this machine can read these cases", args.host)
+        logger.info("loading %s", config.model)
+        model, tokenizer = load_model_and_tokenizer(config.model)
+        generator = Generator(model, tokenizer, config.template, config.max_new_tokens)
+    if config.host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("binding %s: anyone who can reach this machine can read these cases", config.host)
     app = make_app(checkpoints, hierarchy=hierarchy, generator=generator, warnings=warnings,
-                   title=str(args.results))
+                   title=" ".join(config.results))
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    print(f"browse: http://{args.host}:{args.port}/  ({sum(map(len, checkpoints.values()))} results, "
+    print(f"browse: http://{config.host}:{config.port}/  ({sum(map(len, checkpoints.values()))} results, "
           f"{len(checkpoints)} checkpoints; Ctrl+C to stop)", flush=True)
-    run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
+    run_simple(config.host, config.port, app, threaded=True, use_reloader=False)
     return 0
 
 
 # ---------------------------------------------------------------------------------------- loading
 
-def load_checkpoints(path) -> tuple[dict[str, list[dict]], list[str]]:
-    """Read a results dir: {checkpoint name: records} ordered by step, plus warnings for the page.
+def load_checkpoints(paths) -> tuple[dict[str, list[dict]], list[str]]:
+    """Read results folders or files: {checkpoint name: records} ordered by step, plus warnings for the page.
 
-    A judged file's verdicts are laid over its evaluated file, so a judge still running shows the
-    cases it has not reached yet as unjudged. Corrupt lines are skipped and listed as warnings.
+    A checkpoint is a step (step-N) or, for a results file with another name, that name; names that
+    several paths share get their folder's name in front. A judged file's verdicts are laid over its
+    evaluated file, so a judge still running shows the cases it has not reached yet as unjudged.
+    Corrupt lines and a torn last line are skipped and listed as warnings.
     """
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(path, None, None, "results path not found")
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    found = []
+    for path in paths:
+        files = find_results(path)
+        if not files:
+            raise InputFileError(path, None, None, "no results files (step-N.jsonl or step-N.judged.jsonl)")
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        found += [(folder.name, file) for file in files]
+    folders_of: dict[str, set[str]] = {}
+    for folder, file in found:
+        folders_of.setdefault(file.name, set()).add(folder)
     groups: dict[str, dict[bool, Path]] = {}
     order: dict[str, tuple] = {}
-    for file in files:
-        match = _STEP_FILE.match(file.name)
-        if not match:
-            continue
-        name = match.group(1)
-        groups.setdefault(name, {})[bool(match.group(3))] = file
-        order[name] = (0, int(match.group(2)), name) if match.group(2) else (1, 0, name)
-    if not groups:
-        raise InputFileError(path, None, None, "no results files (step-N.jsonl or step-N.judged.jsonl)")
+    for folder, file in found:
+        name = f"{folder}/{file.name}" if len(folders_of[file.name]) > 1 else file.name
+        groups.setdefault(name, {})[file.judged] = file.path
+        order[name] = (0, file.step, name) if file.step is not None else (1, 0, name)
     warnings: list[str] = []
     checkpoints = {}
     for name in sorted(groups, key=order.get):
@@ -109,340 +125,20 @@ def load_checkpoints(path) -> tuple[dict[str, list[dict]], list[str]]:
         for judged in (False, True):
             if judged not in groups[name]:
                 continue
-            errors: list[InputFileError] = []
-            for _, record in iter_jsonl(groups[name][judged], skip_invalid=True, errors=errors):
+            lines = read_jsonl(groups[name][judged], skip_bad=True)
+            for record in lines.records:
                 key = (str(record.get("id")), int(record.get("sample") or 0))
                 if judged and key in records:
                     records[key]["judge"] = record.get("judge")
                 else:
                     records[key] = record
-            warnings += [f"{e} (skipped)" for e in errors]
+            warnings += [f"{e} (skipped)" for e in lines.bad_lines]
+            if lines.torn_tail is not None:
+                warnings.append(f"{lines.torn_tail} (partial last line skipped; still being written?)")
         if True not in groups[name]:
             warnings.append(f"{name}: no judged file; judge verdicts not available")
         checkpoints[name] = list(records.values())
     return checkpoints, warnings
-
-
-
-# ---------------------------------------------------------------------------------------- outcome
-
-def judge_score(record: dict) -> int | None:
-    judge = record.get("judge")
-    return judge.get("score") if isinstance(judge, dict) else None
-
-
-def is_correct(record: dict) -> bool:
-    """Correct by the judge (score 2) when judged, else by the rule."""
-    score = judge_score(record)
-    return score == 2 if score is not None else bool(record.get("acc"))
-
-
-# filter name -> (button label, predicate)
-FILTERS = {
-    "all": ("all", lambda r: True),
-    "correct": ("correct", is_correct),
-    "wrong": ("wrong", lambda r: not is_correct(r)),
-    "format_failure": ("format failure", lambda r: not r.get("format")),
-    "dropped_think": ("dropped think", lambda r: not r.get("think_present")),
-    "mixed_language": ("mixed language", lambda r: bool(r.get("mixed_language"))),
-    "rule_wrong_judge_right": ("rule wrong, judge right", lambda r: not r.get("acc") and judge_score(r) == 2),
-    "rule_right_judge_wrong": ("rule right, judge wrong",
-                               lambda r: bool(r.get("acc")) and judge_score(r) in (0, 1)),
-}
-
-
-def case_text(record: dict) -> str:
-    """Return the case report from the user message (the text after the template's marker)."""
-    messages = record.get("prompt") or []
-    content = next((m.get("content", "") for m in reversed(messages)
-                    if isinstance(m, dict) and m.get("role") == "user"), "")
-    if _CASE_MARKER in content:
-        content = content.split(_CASE_MARKER, 1)[1].strip()
-        content = content[:-1] if content.endswith(".") else content
-    return content
-
-
-# -------------------------------------------------------------------------------------- rendering
-
-def highlight_other_language(text: str) -> str:
-    """Escape `text`, marking runs of other-language script with <mark class="lang">."""
-    parts, last = [], 0
-    for match in _OTHER_LANGUAGE.finditer(text):
-        parts.append(html.escape(text[last:match.start()]))
-        parts.append(f'<mark class="lang" title="other language">{html.escape(match.group())}</mark>')
-        last = match.end()
-    parts.append(html.escape(text[last:]))
-    return "".join(parts)
-
-
-def highlight_completion(text: str) -> str:
-    """Render a completion as HTML: tags, the think block, the answer, text outside, other languages."""
-    out, inside = [], "outside"
-    for piece in _TAG.split(text or ""):
-        if not piece:
-            continue
-        if _TAG.fullmatch(piece):
-            name = piece.strip("</>").lower()
-            closing = piece.startswith("</")
-            out.append(f'<span class="tag tag-{name}">{html.escape(piece)}</span>')
-            inside = "outside" if closing else name
-            continue
-        out.append(f'<span class="{inside}">{highlight_other_language(piece)}</span>')
-    return "".join(out)
-
-
-_CSS = """
-*{box-sizing:border-box} body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#1d1d1f;background:#f6f7f9}
-header{background:#1f3a5f;color:#fff;padding:.7rem 1.5rem;display:flex;gap:1.5rem;align-items:baseline}
-header a{color:#cfe3ff;text-decoration:none} header h1{font-size:1.15rem;margin:0}
-main{padding:1rem 1.5rem;max-width:1400px}
-.chips a{display:inline-block;margin:.15rem;padding:.25rem .7rem;border-radius:1rem;background:#e4e8ee;color:#1d1d1f;text-decoration:none;font-size:.9em}
-.chips a.active{background:#1f3a5f;color:#fff}
-table{border-collapse:collapse;width:100%;background:#fff} th,td{border-bottom:1px solid #e3e3e3;padding:.35rem .5rem;text-align:left;vertical-align:top;font-size:.92em}
-th{background:#eef1f5} tr:hover td{background:#f8fbff} #cases td:first-child{white-space:nowrap}
-.badge{display:inline-block;padding:0 .45rem;border-radius:.6rem;font-size:.78em;margin-right:.2rem;white-space:nowrap}
-.ok{background:#d8f5e3;color:#11663a} .bad{background:#fde2e1;color:#9b1c1c} .warn{background:#fff1cc;color:#7a5300} .muted{background:#eceef1;color:#555}
-.card{background:#fff;border:1px solid #e1e4e8;border-radius:.5rem;padding:.8rem 1rem;margin:.8rem 0}
-.card h2{font-size:1rem;margin:.1rem 0 .5rem}
-pre.completion,pre.raw{white-space:pre-wrap;word-wrap:break-word;font-family:ui-monospace,Menlo,monospace;font-size:.88em;background:#fbfbfc;border:1px solid #eee;padding:.6rem;border-radius:.3rem;margin:0}
-.tag{color:#7b2cbf;font-weight:bold} .think{color:#4a5568;background:#f1f3f7} .answer{background:#fff3a3;font-weight:bold}
-.outside{color:#8a5a00} mark.lang{background:#ffb3c7;color:#7a0026;border-bottom:2px solid #d6336c}
-.cols{display:grid;grid-template-columns:1fr 1fr;gap:1rem} .warning{color:#7a5300;font-size:.85em}
-form.inline{display:inline} select,input,button,textarea{font:inherit;padding:.2rem .4rem}
-textarea{width:100%;min-height:9rem} dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem .8rem;margin:.6rem 0 0} dt{color:#555}
-"""
-
-
-def _page(title: str, body: str, heading: str, can_diagnose: bool) -> str:
-    nav = '<a href="/">cases</a>' + (' <a href="/diagnose">diagnose a case</a>' if can_diagnose else "")
-    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<meta name='viewport' content='width=device-width,initial-scale=1'><style>{_CSS}</style></head>"
-            f"<body><header><h1>Diagnosis-Zero browse</h1><span>{html.escape(heading)}</span>{nav}</header>"
-            f"<main>{body}</main></body></html>")
-
-
-def _link(path: str, **params) -> str:
-    return html.escape(f"{path}?{urlencode({k: v for k, v in params.items() if v not in (None, '')})}")
-
-
-def _badges(record: dict) -> str:
-    badges = []
-    score = judge_score(record)
-    if score is not None:
-        badges.append(f'<span class="badge {"ok" if score == 2 else "warn" if score == 1 else "bad"}">judge {score}</span>')
-    elif isinstance(record.get("judge"), dict):
-        badges.append('<span class="badge muted">judge error</span>')
-    badges.append(f'<span class="badge {"ok" if record.get("acc") else "bad"}">rule {record.get("score")}</span>')
-    if not record.get("format"):
-        badges.append('<span class="badge bad">format failure</span>')
-    if not record.get("think_present"):
-        badges.append('<span class="badge warn">no think</span>')
-    if record.get("mixed_language"):
-        badges.append('<span class="badge warn">mixed language</span>')
-    return "".join(badges)
-
-
-def _prediction(record: dict) -> str:
-    prediction = record.get("prediction")
-    if isinstance(prediction, list):
-        return "; ".join(f"{i}. {p}" for i, p in enumerate(prediction, 1))
-    return prediction or ""
-
-
-def _sample_suffix(record: dict) -> str:
-    return f" #{record['sample']}" if record.get("sample") else ""
-
-
-def _orpha_suffix(record: dict) -> str:
-    return f" <small>ORPHA:{html.escape(str(record['orpha_id']))}</small>" if record.get("orpha_id") else ""
-
-
-def _checkpoint_label(name: str) -> str:
-    return name.replace("step-", "step ") if name.startswith("step-") else name
-
-
-def page_list(checkpoints, name: str, filter_name: str, query: str) -> str:
-    records = checkpoints[name]
-    q = query.lower().strip()
-    if q:
-        records = [r for r in records if q in str(r.get("id", "")).lower() or q in _prediction(r).lower()
-                   or q in " ".join(r.get("references") or []).lower() or q in case_text(r).lower()]
-    chips = "".join(
-        f'<a class="{"active" if f == filter_name else ""}" data-filter="{f}" '
-        f'href="{_link("/", ckpt=name, filter=f, q=query)}">{html.escape(label)} '
-        f"({sum(1 for r in records if pred(r))})</a>"
-        for f, (label, pred) in FILTERS.items())
-    shown = [r for r in records if FILTERS[filter_name][1](r)]
-    options = "".join(f'<option value="{html.escape(n)}"{" selected" if n == name else ""}>'
-                      f"{html.escape(_checkpoint_label(n))} ({len(c)})</option>" for n, c in checkpoints.items())
-    rows = "".join(
-        f'<tr><td><a class="open" href="{_link("/case", id=r.get("id"), sample=r.get("sample") or 0, ckpt=name, filter=filter_name)}">'
-        f'{html.escape(str(r.get("id")))}</a>{_sample_suffix(r)}</td>'
-        f'<td>{html.escape("; ".join(r.get("references") or []))}{_orpha_suffix(r)}</td>'
-        f"<td>{html.escape(_prediction(r))}</td><td>{_badges(r)}</td></tr>"
-        for r in shown) or '<tr><td colspan="4"><i>no cases match</i></td></tr>'
-    judged = [r for r in records if judge_score(r) is not None]
-    summary = (f"{len(shown)} of {len(records)} shown · rule accuracy "
-               f"{sum(bool(r.get('acc')) for r in records) / max(1, len(records)):.1%}")
-    if judged:
-        summary += f" · judge top-1 {sum(judge_score(r) == 2 for r in judged) / len(judged):.1%} ({len(judged)} judged)"
-    return (f'<form class="inline" method="get" action="/">checkpoint <select name="ckpt" onchange="this.form.submit()">'
-            f'{options}</select> <input type="hidden" name="filter" value="{html.escape(filter_name)}">'
-            f'<input name="q" placeholder="search id, diagnosis, case text" value="{html.escape(query)}" size="32"> '
-            f'<button type="submit">search</button></form>'
-            f'<div class="chips" id="filters">{chips}</div><p id="summary">{summary}</p>'
-            f'<table id="cases"><thead><tr><th>case</th><th>ground truth</th><th>prediction</th><th>outcome</th>'
-            f"</tr></thead><tbody>{rows}</tbody></table>")
-
-
-def _ground_truth(record: dict, hierarchy) -> str:
-    refs = "".join(f"<li>{html.escape(r)}</li>" for r in record.get("references") or [])
-    orpha = str(record.get("orpha_id") or "")
-    parts = [f'<div class="card" id="ground-truth"><h2>Ground truth</h2><ul>{refs}</ul>',
-             f"<dl><dt>Orphanet code</dt><dd>{('ORPHA:' + html.escape(orpha)) if orpha else '<i>unknown</i>'}</dd>"]
-    entity = (hierarchy or {}).get(orpha)
-    if hierarchy is not None and entity is None and orpha:
-        parts.append("<dt>Orphanet entity</dt><dd><i>not in the hierarchy file</i></dd>")
-    if entity:
-        parts.append(f"<dt>Orphanet name</dt><dd>{html.escape(str(entity.get('name')))} "
-                     f"<small>({html.escape(str(entity.get('type', '')))})</small></dd><dt>parents</dt><dd><ul id='parents'>")
-        for parent in entity.get("parents") or []:
-            count = parent.get("parent_disease_count")
-            narrow = isinstance(count, int) and count <= MAX_PARENT_DISEASES
-            parts.append(f"<li>{html.escape(str(parent.get('parent')))} <small>({count} diseases"
-                         f"{'; counts as score 1 in the updated judge' if narrow else ''})</small></li>")
-        parts.append("</ul></dd>")
-    parts.append("</dl></div>")
-    return "".join(parts)
-
-
-def _verdict(record: dict) -> str:
-    judge = record.get("judge")
-    if not isinstance(judge, dict):
-        return '<div class="card" id="judge-verdict"><h2>Judge verdict</h2><i>not judged</i></div>'
-    score = judge.get("score")
-    scores = judge.get("scores")
-    head = (f'<span class="badge {"ok" if score == 2 else "warn" if score == 1 else "bad"}">score {score}</span> '
-            f"{html.escape(JUDGE_MEANING.get(score, ''))}" if score is not None else
-            '<span class="badge muted">no score</span>')
-    extra = f"<dt>per item</dt><dd>{html.escape(str(scores))}</dd>" if scores and len(scores) > 1 else ""
-    error = f"<dt>error</dt><dd>{html.escape(str(judge.get('error')))}</dd>" if judge.get("error") else ""
-    return (f'<div class="card" id="judge-verdict"><h2>Judge verdict</h2><p class="verdict">{head}</p>'
-            f"<dl>{extra}{error}<dt>cached</dt><dd>{bool(judge.get('cached'))}</dd></dl>"
-            f'<p>raw text:</p><pre class="raw">{html.escape(str(judge.get("raw") or ""))}</pre></div>')
-
-
-def _output_card(record: dict, heading: str) -> str:
-    completion = highlight_completion(record.get("completion") or "")
-    note = ""
-    if record.get("mixed_language") and "<mark" not in completion:
-        note = ('<p class="warning">Flagged as mixed language, but in Latin script (e.g. a sentence in '
-                "Spanish or French), so nothing is highlighted.</p>")
-    return (f'<div class="card output"><h2>{html.escape(heading)}</h2><p>{_badges(record)}</p>'
-            f'<pre class="completion">{completion}</pre>{note}'
-            f"<dl><dt>prediction</dt><dd class='prediction'>{html.escape(_prediction(record))}</dd>"
-            f"<dt>rule score</dt><dd class='rule-score'>{html.escape(str(record.get('score')))} "
-            f"({'match' if record.get('acc') else 'no match'})</dd>"
-            f"<dt>format</dt><dd>{'valid' if record.get('format') else 'invalid'}</dd>"
-            f"<dt>think block</dt><dd>{'present' if record.get('think_present') else 'missing'}</dd>"
-            f"<dt>mixed language</dt><dd>{'yes' if record.get('mixed_language') else 'no'}</dd>"
-            f"<dt>tokens</dt><dd>{html.escape(str(record.get('num_tokens')))}</dd></dl></div>")
-
-
-def _find(checkpoints, name, case_id, sample):
-    return next((r for r in checkpoints.get(name, ())
-                 if str(r.get("id")) == case_id and int(r.get("sample") or 0) == sample), None)
-
-
-def page_case(checkpoints, name, case_id, sample, hierarchy, filter_name) -> str | None:
-    record = _find(checkpoints, name, case_id, sample)
-    if record is None:
-        return None
-    others = []
-    for other in checkpoints:
-        found = _find(checkpoints, other, case_id, sample)
-        if found is None:
-            continue
-        mark = "✓" if is_correct(found) else "✗"
-        label = f"{_checkpoint_label(other)} {mark}"
-        others.append(f"<b>{html.escape(label)}</b>" if other == name else
-                      f'<a href="{_link("/case", id=case_id, sample=sample, ckpt=other, filter=filter_name)}">'
-                      f"{html.escape(label)}</a>")
-    options = "".join(f'<option value="{html.escape(n)}"{" selected" if n == name else ""}>'
-                      f"{html.escape(_checkpoint_label(n))}</option>" for n in checkpoints)
-    other_default = next((n for n in reversed(checkpoints) if n != name), name)
-    options_b = "".join(f'<option value="{html.escape(n)}"{" selected" if n == other_default else ""}>'
-                        f"{html.escape(_checkpoint_label(n))}</option>" for n in checkpoints)
-    compare = (f'<form class="inline" method="get" action="/compare" id="compare-form">'
-               f'<input type="hidden" name="id" value="{html.escape(case_id)}">'
-               f'<input type="hidden" name="sample" value="{sample}">compare <select name="a">{options}</select> '
-               f'with <select name="b">{options_b}</select> <button type="submit">side by side</button></form>')
-    return (f'<p><a href="{_link("/", ckpt=name, filter=filter_name)}">← back to the list</a> · checkpoints: '
-            f'{" · ".join(others)}</p><p>{compare}</p>'
-            f'<div class="card" id="case-text"><h2>Case {html.escape(case_id)}</h2><p>{html.escape(case_text(record))}</p></div>'
-            f"{_ground_truth(record, hierarchy)}{_output_card(record, f'Model output · {_checkpoint_label(name)}')}"
-            f"{_verdict(record)}")
-
-
-def page_compare(checkpoints, case_id, sample, a, b, hierarchy) -> str | None:
-    left, right = _find(checkpoints, a, case_id, sample), _find(checkpoints, b, case_id, sample)
-    if left is None and right is None:
-        return None
-    record = left or right
-    columns = ""
-    for name, found in ((a, left), (b, right)):
-        columns += (f'<div class="side" data-checkpoint="{html.escape(name)}">'
-                    + (_output_card(found, _checkpoint_label(name)) + _verdict(found) if found else
-                       f'<div class="card"><h2>{html.escape(_checkpoint_label(name))}</h2><i>no result for this case</i></div>')
-                    + "</div>")
-    return (f'<p><a href="{_link("/case", id=case_id, sample=sample, ckpt=a)}">← back to the case</a></p>'
-            f'<div class="card" id="case-text"><h2>Case {html.escape(case_id)}</h2><p>{html.escape(case_text(record))}</p></div>'
-            f'{_ground_truth(record, hierarchy)}<div class="cols" id="compare">{columns}</div>')
-
-
-_DIAGNOSE_JS = """
-async function diagnose(){
-  const out=document.getElementById('stream'), done=document.getElementById('rendered');
-  out.textContent=''; done.innerHTML=''; document.getElementById('run').disabled=true;
-  const body=new URLSearchParams({case: document.getElementById('case').value,
-                                  reference: document.getElementById('reference').value});
-  const resp=await fetch('/api/diagnose',{method:'POST',body});
-  const reader=resp.body.getReader(), decoder=new TextDecoder(); let text='';
-  for(;;){const {value,done:end}=await reader.read(); if(end) break;
-          const chunk=decoder.decode(value,{stream:true}); text+=chunk; out.textContent=text;}
-  const rendered=await fetch('/api/render',{method:'POST',body:new URLSearchParams({completion:text,
-                              reference: document.getElementById('reference').value})});
-  done.innerHTML=await rendered.text(); document.getElementById('run').disabled=false;
-}
-"""
-
-
-def page_diagnose() -> str:
-    return ('<div class="card"><h2>Diagnose a pasted case</h2><p>Paste a case report; the model streams its '
-            'reasoning and answer. Optionally give the reference diagnosis to see the rule score.</p>'
-            '<textarea id="case" placeholder="A 24-year-old woman presented with ..."></textarea>'
-            '<p>reference diagnosis (optional) <input id="reference" size="40"> '
-            '<button id="run" onclick="diagnose()">diagnose</button></p></div>'
-            '<div class="card"><h2>Streaming output</h2><pre class="completion" id="stream"></pre></div>'
-            f'<div id="rendered"></div><script>{_DIAGNOSE_JS}</script>')
-
-
-def render_diagnosis(completion: str, reference: str) -> str:
-    """HTML for a finished pasted-case diagnosis: highlighted output plus the rule's reading of it."""
-    from diagnosis_zero import reward
-
-    if reference.strip():
-        result = reward.compute_score(solution_str=completion,
-                                      ground_truth={"diagnosis": [reference.strip()], "orpha_id": ""})
-        record = {"completion": completion, "prediction": result["pred"], "score": result["score"],
-                  "acc": result["acc"], "format": result["format"], "think_present": result["think_present"],
-                  "mixed_language": result["mixed_language"]}
-    else:
-        parsed = reward.parse_completion(completion)
-        record = {"completion": completion, "prediction": parsed.answer or "", "score": "– (no reference)",
-                  "acc": None, "format": parsed.format_ok, "think_present": parsed.think_present,
-                  "mixed_language": reward.is_mixed_language(completion)}
-    return _output_card(record, "Result")
 
 
 class Generator:
@@ -484,12 +180,13 @@ def make_app(checkpoints: dict[str, list[dict]], *, hierarchy=None, generator: G
     notes = "".join(f'<p class="warning">{html.escape(w)}</p>' for w in warnings or [])
 
     def page(body: str, status: int = 200) -> Response:
-        return Response(_page(f"browse · {title}", body, title, generator is not None), status=status,
+        return Response(page_frame(f"browse · {title}", body, title, generator is not None), status=status,
                         mimetype="text/html")
 
     def index(request):
         name = request.args.get("ckpt") or names[-1]
         filter_name = request.args.get("filter", "all")
+        filter_name = {"dropped_think": "think_dropped"}.get(filter_name, filter_name)  # its old name, in saved links
         if name not in checkpoints or filter_name not in FILTERS:
             raise NotFound(f"unknown checkpoint {name!r} or filter {filter_name!r}")
         return page(page_list(checkpoints, name, filter_name, request.args.get("q", "")) + notes)

@@ -33,6 +33,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "metrics": ("diagnosis_zero.metrics", "summarise evaluated or judged files as tables"),
     "report": ("diagnosis_zero.report", "plots, tables and an HTML report for training runs"),
     "browse": ("diagnosis_zero.browse", "local web app to read and compare model outputs"),
+    "agreement": ("diagnosis_zero.agreement", "how often each rule reward agrees with the LLM judge"),
 }
 
 
@@ -100,7 +101,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None
     """Add one flag per field of a config dataclass: `--field-name`, typed from the type hints.
 
     bool -> `--x/--no-x`; `X | None` -> optional X; `list[X]` -> one or more values; `Literal` and
-    Enum -> choices. Field metadata: `help`, `required`, `choices`, `metavar`, and `aliases`: old
+    Enum -> choices. Field metadata: `help`, `required`, `choices`, `metavar`, `repeatable` (a list
+    flag given several times adds up; default None), and `aliases`: old
     spellings kept hidden, working, with a deprecation warning (docs/cli.md).
     """
     hints = typing.get_type_hints(config_cls)
@@ -121,15 +123,21 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls) -> None
             kwargs.update(type=tp, choices=choices, metavar=meta.get("metavar"))
             if is_list:
                 kwargs["nargs"] = "+"
+                if meta.get("repeatable"):  # `--x a --x b` adds up, as action="append" did
+                    kwargs["action"] = "extend"
             if meta.get("required"):
-                kwargs.update(required=True, help=help_text)
+                kwargs.update(required=not meta.get("aliases"), help=help_text)
             else:
                 shown = " ".join(map(str, default)) if isinstance(default, list) else default
-                kwargs.update(default=default, help=f"{help_text} (default: {shown})" if help_text else None)
-        parser.add_argument(flag, **kwargs)
+                suffix = "" if default is None or default == [] else f" (default: {shown})"
+                kwargs.update(default=default, help=f"{help_text}{suffix}" if help_text else None)
+        target = parser
+        if meta.get("required") and meta.get("aliases"):  # the flag or an old spelling of it
+            target = parser.add_mutually_exclusive_group(required=True)
+        target.add_argument(flag, **kwargs)
         for alias in meta.get("aliases", ()):
             typed = {} if is_bool else {"type": tp, "nargs": "+" if is_list else None}
-            parser.add_argument(alias, dest=config_field.name, action=_DeprecatedAlias, new_flag=flag,
+            target.add_argument(alias, dest=config_field.name, action=_DeprecatedAlias, new_flag=flag,
                                 is_bool=is_bool, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **typed)
 
 

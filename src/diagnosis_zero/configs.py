@@ -56,6 +56,10 @@ class RecipeConfig:
     reward_levels: dict = field(default_factory=dict, metadata={
         "help": "overrides of diagnosis_zero.reward.RewardConfig fields on top of the preset, e.g. "
                 "{format_tag_credit: 0.1}"})
+    judge_reward: dict = field(default_factory=dict, metadata={
+        "help": "LLM-judge reward (docs/train.md): fields of diagnosis_zero.judge_reward.JudgeRewardConfig, e.g. "
+                "{base_url: http://127.0.0.1:8000/v1, judge_model: Qwen/Qwen2.5-72B-Instruct, orphanet: "
+                "orphanet_hypernym.json}; empty = the rule reward only"})
     use_peft: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of all weights"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)"})

@@ -2,12 +2,18 @@
 
 Used by `report` (the health panel) and by `train` (live warnings, via `new_flags`). Every check
 smooths its series with a trailing mean over `window` logged values, so one noisy step does not
-raise a flag, and names the first step of that window where the raw series crossed the threshold.
+raise a flag, and names the first step of that window where the raw series crossed the threshold,
+and, once the condition has cleared, the last step where it held ("at steps 40-55", in the past
+tense; a flag still holding reads "from step 40", in the present).
 
 The signs come from the original study and from R1-Zero-style practice: groups whose rewards all
 tie give GRPO no advantage to learn from; entropy and response length collapse before a run
 degenerates; the 1.5B model silently stopped writing `<think>`; the 7B model's mixed-language
 rate spiked to 10.6% at step 1000; a KL that runs away means the policy left its reference.
+
+`reasoning_dropped` watches the think-present rate (`think_rate`), the series training logs for
+every step. It is not the "think dropped" measure (an answer without a think block,
+`metrics.think_dropped`, `val_think_dropped_rate`), which `report` tabulates.
 """
 
 from __future__ import annotations
@@ -49,10 +55,18 @@ class HealthFlag:
     name: str      # which sign, e.g. "entropy_collapse"
     step: int      # the step where it began
     series: str    # the metrics.jsonl key that shows it
-    message: str   # one readable sentence with the values and the threshold
+    message: str   # one readable sentence with the values and the threshold (past tense once ended)
+    end_step: int | None = None  # the last step where it held, once it has ended; None: still holding
+
+    @property
+    def steps(self) -> str:
+        """"at steps 40-55" for a sign that ended, "from step 40" for one that still holds."""
+        if self.end_step is None:
+            return f"from step {self.step}"
+        return f"at step {self.step}" if self.end_step == self.step else f"at steps {self.step}-{self.end_step}"
 
     def __str__(self) -> str:
-        return f"{self.name} from step {self.step} ({self.series}): {self.message}"
+        return f"{self.name} {self.steps} ({self.series}): {self.message}"
 
 
 # flag name -> metrics.jsonl series it reads; validation series too, since the original study
@@ -96,14 +110,18 @@ def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
     return [s for s, _ in points], [v for _, v in points]
 
 
-def _first_crossing(steps, values, window, crossed) -> tuple[int, float, float] | None:
-    """Find the first trailing mean for which `crossed(mean, peak)` holds.
+def _episode(steps, values, window, crossed) -> tuple[int, float, float, int | None] | None:
+    """Find where `crossed(mean, peak)` first holds for a trailing mean, and where that stopped.
 
-    Returns (start step, smoothed value, smoothed peak so far), the start step being the first
-    step in that window whose raw value already crossed. None if it never happens.
+    Returns (start step, smoothed value, smoothed peak so far, end step), the start step being the
+    first step in that window whose raw value already crossed, and the end step the last step whose
+    window still held before the condition cleared (None while it holds at the last logged step;
+    if it recurs later, the span runs to its last holding step). None if it never happens.
     """
     total = 0.0
     peak = -math.inf
+    hit = None
+    last_held = None
     for i, value in enumerate(values):
         total += value
         if i >= window:
@@ -112,45 +130,62 @@ def _first_crossing(steps, values, window, crossed) -> tuple[int, float, float] 
             continue
         mean = total / window
         peak = max(peak, mean)
-        if crossed(mean, peak):
+        holds = crossed(mean, peak)
+        if holds and hit is None:
             start = next((j for j in range(i - window + 1, i + 1) if crossed(values[j], peak)), i)
-            return steps[start], mean, peak
-    return None
+            hit = (steps[start], mean, peak)
+        if holds:
+            last_held = i
+    if hit is None:
+        return None
+    ended = last_held < len(values) - 1
+    return (*hit, steps[last_held] if ended else None)
 
 
 def check_health(rows: list[dict], thresholds: HealthThresholds | None = None) -> list[HealthFlag]:
-    """Return the health flags raised by a run's metrics rows, each at the step where it began."""
+    """Return the health flags raised by a run's metrics rows, each with the steps over which it held.
+
+    A flag whose condition has cleared by the last logged step has `end_step` set and speaks in
+    the past tense; one still holding speaks in the present.
+    """
     t = thresholds or HealthThresholds()
     w = max(1, int(t.window))
+    # name -> (crossed(mean, peak), describe(series, mean, peak, ended))
     checks = {
-        "no_learning_signal": (lambda m, p: m >= t.zero_std_max, lambda s, m, p: (
+        "no_learning_signal": (lambda m, p: m >= t.zero_std_max, lambda s, m, p, e: (
             f"{s} averaged {m:.2f} over {w} logged steps (threshold {t.zero_std_max:g}): most prompt groups "
-            "have identical rewards, so GRPO has no advantage to learn from")),
-        "entropy_collapse": (lambda m, p: p > 0 and m < t.entropy_ratio * p, lambda s, m, p: (
+            f"{'had' if e else 'have'} identical rewards, so GRPO {'had' if e else 'has'} no advantage to "
+            "learn from")),
+        "entropy_collapse": (lambda m, p: p > 0 and m < t.entropy_ratio * p, lambda s, m, p, e: (
             f"{s} fell to {m:.3g}, {m / p:.0%} of its peak {p:.3g} (threshold {t.entropy_ratio:.0%}): "
-            "the policy is becoming deterministic")),
-        "length_collapse": (lambda m, p: p > 0 and m < t.length_ratio * p, lambda s, m, p: (
+            f"the policy {'was becoming' if e else 'is becoming'} deterministic")),
+        "length_collapse": (lambda m, p: p > 0 and m < t.length_ratio * p, lambda s, m, p, e: (
             f"{s} fell to {m:.0f} tokens, {m / p:.0%} of its peak {p:.0f} (threshold {t.length_ratio:.0%}): "
-            "responses are collapsing")),
-        "length_at_cap": (lambda m, p: m >= t.clipped_ratio_max, lambda s, m, p: (
-            f"{s} averaged {m:.2f} (threshold {t.clipped_ratio_max:g}): responses are pinned at "
-            "max_completion_length")),
-        "reasoning_dropped": (lambda m, p: m <= p - t.think_rate_drop, lambda s, m, p: (
+            f"responses {'were' if e else 'are'} collapsing")),
+        "length_at_cap": (lambda m, p: m >= t.clipped_ratio_max, lambda s, m, p, e: (
+            f"{s} averaged {m:.2f} (threshold {t.clipped_ratio_max:g}): responses {'were' if e else 'are'} "
+            "pinned at max_completion_length")),
+        "reasoning_dropped": (lambda m, p: m <= p - t.think_rate_drop, lambda s, m, p, e: (
             f"{s} fell to {m:.2f} from its peak {p:.2f} (drop threshold {t.think_rate_drop:g}): "
-            "the model stops writing <think>")),
-        "mixed_language_spike": (lambda m, p: m >= t.mixed_language_max, lambda s, m, p: (
-            f"{s} averaged {m:.3f} (threshold {t.mixed_language_max:g}): responses mix in another language")),
-        "kl_blowup": (lambda m, p: m >= t.kl_max, lambda s, m, p: (
-            f"{s} averaged {m:.3g} (threshold {t.kl_max:g}): the policy is running away from its reference")),
+            f"the model {'stopped' if e else 'stops'} writing <think>")),
+        "mixed_language_spike": (lambda m, p: m >= t.mixed_language_max, lambda s, m, p, e: (
+            f"{s} averaged {m:.3f} (threshold {t.mixed_language_max:g}): responses "
+            f"{'mixed' if e else 'mix'} in another language")),
+        "kl_blowup": (lambda m, p: m >= t.kl_max, lambda s, m, p, e: (
+            f"{s} averaged {m:.3g} (threshold {t.kl_max:g}): the policy {'was' if e else 'is'} running away "
+            "from its reference")),
     }
     flags = []
     for name, (crossed, describe) in checks.items():
         for key in FLAG_SERIES[name]:
             steps, values = _series(rows, key)
-            hit = _first_crossing(steps, values, w, crossed)
+            hit = _episode(steps, values, w, crossed)
             if hit is not None:
-                step, mean, peak = hit
-                flags.append(HealthFlag(name, step, key, describe(key, mean, peak)))
+                step, mean, peak, end = hit
+                message = describe(key, mean, peak, end is not None)
+                if end is not None:
+                    message += f"; it cleared after step {end}"
+                flags.append(HealthFlag(name, step, key, message, end))
     return sorted(flags, key=lambda f: (f.step, f.name, f.series))
 
 

@@ -2,10 +2,13 @@
 
 One file gives one column of figures. Several files (the steps of a run, or runs of several sizes)
 give the original study's layout: one row per model, one column per step, and the gain from the
-first step to the last.
+first step to the last. `--results` takes files and folders; a folder stands for its
+step-N.jsonl files, each step read from its judged file (step-N.judged.jsonl) when there is one.
 
 Rates are fractions in [0, 1] in `summarize` and the JSON output, percentages in the tables. A
-value that cannot be computed (no judged line, no list prediction) is None / "-", never 0.
+value that cannot be computed (no judged line, no list prediction) is None / "-", never 0. A
+field of the wrong type (`"acc": "yes"`, a score that is not a number) is an error naming the
+file, line and field, never a silent guess.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import re
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from diagnosis_zero import cli
 from diagnosis_zero.errors import ConfigError, InputFileError
-from diagnosis_zero.io import iter_jsonl
+from diagnosis_zero.io import find_results, read_jsonl, results_file
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "score_mean": ("rule reward, mean", "reward"),
     "format_rate": ("format adherence", "rate"),
     "think_rate": ("think present", "rate"),
-    "answer_only_rate": ("answer without think", "rate"),
+    "think_dropped_rate": ("think dropped (answer, no think)", "rate"),
     "mixed_language_rate": ("mixed language", "rate"),
     "acc_mixed": ("top-1 rule, mixed-language lines", "rate"),
     "acc_not_mixed": ("top-1 rule, other lines", "rate"),
@@ -46,19 +53,69 @@ METRICS: dict[str, tuple[str, str]] = {
     "judge_errors": ("judge errors", "count"),
 }
 
-_STEP_FILE = re.compile(r"step-(\d+)")
+
+@dataclass
+class MetricsConfig:
+    results: list[str] = field(default_factory=list, metadata={
+        "required": True, "metavar": "PATH", "aliases": ["--input"],
+        "help": "evaluated or judged JSON Lines files, or folders of step-N.jsonl / step-N.judged.jsonl"})
+    format: Literal["table", "json", "markdown"] = field(default="table", metadata={"help": "output format"})
+    metric: list[str] | None = field(default=None, metadata={
+        "repeatable": True, "choices": list(METRICS), "metavar": "NAME",
+        "help": "metric of the model x step table (repeatable); default: top1_judge if any line is judged, "
+                f"else top1_rule; one of: {', '.join(METRICS)}"})
+    layout: Literal["steps", "rarearena"] = field(default="steps", metadata={
+        "help": "steps: the tables above; rarearena: RareArena's table (share of cases at score 0/1/2 and Total, "
+                "top-1 and top-5, judged and error counts) per file and judge protocol"})
 
 
-def _read_results(path: Path) -> list[dict]:
-    errors: list[InputFileError] = []
-    records = [record for _, record in iter_jsonl(path, skip_invalid=True, errors=errors)]
-    if errors:
-        last_line = path.read_bytes().count(b"\n") + 1
-        torn_tail = len(errors) == 1 and errors[0].line == last_line
-        if not torn_tail:
-            raise errors[0]
-        log.warning("%s: ignoring a partial last line (the file is still being written?)", path)
-    return records
+# ---------------------------------------------------------------------------------------- reading
+
+def _number(value, *, integer: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and (not integer or float(value).is_integer())
+
+
+def _invalid_field(record: dict) -> tuple[str, str] | None:
+    """Return (field, reason) for the first field of a results line with a wrong type, else None."""
+    for name in ("acc", "format", "think_present", "mixed_language"):  # reward gives bools or 0/1
+        value = record.get(name)
+        if value is not None and not isinstance(value, bool) and value not in (0, 1):
+            return name, f"expected true/false or 0/1, got {value!r}"
+    for name, integer in (("score", False), ("num_tokens", False), ("rank", True), ("step", True)):
+        value = record.get(name)
+        if value is not None and not _number(value, integer=integer):
+            return name, f"expected {'an integer' if integer else 'a number'}, got {value!r}"
+    judge = record.get("judge")
+    if judge is None:
+        return None
+    if not isinstance(judge, dict):
+        return "judge", f"expected an object, got {judge!r}"
+    if judge.get("score") not in (None, 0, 1, 2) or isinstance(judge.get("score"), bool):
+        return "judge.score", f"expected 2, 1, 0 or null, got {judge.get('score')!r}"
+    scores = judge.get("scores")
+    if scores is not None and (not isinstance(scores, list)
+                               or any(s not in (None, 0, 1, 2) or isinstance(s, bool) for s in scores)):
+        return "judge.scores", f"expected a list of 2, 1, 0 or null, got {scores!r}"
+    return None
+
+
+def results_paths(paths) -> list[Path]:
+    """Return the files `--results` stands for: files as given, each folder's steps (judged preferred).
+
+    A missing path, or a folder without step-N files, raises `InputFileError`.
+    """
+    files = []
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        found = find_results(path)
+        if not found:
+            raise InputFileError(path, None, None, "no results files (step-N.jsonl or step-N.judged.jsonl)")
+        if Path(path).is_dir():
+            by_step = {f.step: f for f in found}  # sorted evaluated before judged: the judged one wins
+            found = list(by_step.values())
+        files += [f.path for f in found]
+    return files
 
 
 def load_results(paths) -> list[dict]:
@@ -66,21 +123,28 @@ def load_results(paths) -> list[dict]:
 
     A line without a `model` takes its run folder's name; one without a `step` takes N from a
     `step-N...` file name (None otherwise). Each line also gets `_file`, the path it came from.
+    A torn last line (a file still being written) is skipped; any other bad line raises
+    `InputFileError` with the file, line and field.
     """
     records = []
     for path in map(Path, [paths] if isinstance(paths, (str, Path)) else paths):
         if not path.is_file():
-            raise InputFileError(path, None, None, "file not found")
-        step_match = _STEP_FILE.match(path.name)
-        for record in _read_results(path):
+            raise InputFileError(path, None, None, "results path not found")
+        step = results_file(path).step
+        for line_no, record in read_jsonl(path).rows:
+            invalid = _invalid_field(record)
+            if invalid:
+                raise InputFileError(path, line_no, *invalid)
             if record.get("model") in (None, ""):
                 record["model"] = path.resolve().parent.name
-            if record.get("step") is None and step_match:
-                record["step"] = int(step_match.group(1))
+            if record.get("step") is None and step is not None:
+                record["step"] = step
             record["_file"] = str(path)
             records.append(record)
     return records
 
+
+# ---------------------------------------------------------------------------------------- figures
 
 def _mean(values) -> float | None:
     values = [float(v) for v in values]
@@ -101,6 +165,17 @@ def _judged(record: dict) -> dict | None:
     return None
 
 
+def think_dropped(record: dict) -> bool:
+    """True when a completion has an answer but no think block: the reasoning was dropped.
+
+    The one definition of "think dropped" (metrics, report, browse and docs use it); a completion
+    with neither block is a format failure, not dropped reasoning.
+    """
+    prediction = record.get("prediction")
+    answered = bool(prediction.strip() if isinstance(prediction, str) else prediction)
+    return answered and not record.get("think_present")
+
+
 def summarize(records: list[dict]) -> dict:
     """Return the accuracy and behaviour figures of a set of result lines (see METRICS)."""
     lists = [r for r in records if isinstance(r.get("prediction"), list)]
@@ -109,10 +184,6 @@ def summarize(records: list[dict]) -> dict:
     mixed = [r for r in records if r.get("mixed_language")]
     not_mixed = [r for r in records if not r.get("mixed_language")]
     tokens = [r["num_tokens"] for r in records if isinstance(r.get("num_tokens"), (int, float))]
-
-    def answered(record: dict) -> bool:
-        prediction = record.get("prediction")
-        return bool(prediction.strip() if isinstance(prediction, str) else prediction)
 
     def judge_top1(pairs) -> float | None:
         return _mean(j["score"] == 2 for _, j in pairs)
@@ -132,7 +203,7 @@ def summarize(records: list[dict]) -> dict:
         "score_mean": _mean(r["score"] for r in records if isinstance(r.get("score"), (int, float))),
         "format_rate": _mean(bool(r.get("format")) for r in records),
         "think_rate": _mean(bool(r.get("think_present")) for r in records),
-        "answer_only_rate": _mean(answered(r) and not r.get("think_present") for r in records),
+        "think_dropped_rate": _mean(think_dropped(r) for r in records),
         "mixed_language_rate": _mean(bool(r.get("mixed_language")) for r in records),
         "acc_mixed": _mean(_rule_rank(r) == 1 for r in mixed),
         "acc_not_mixed": _mean(_rule_rank(r) == 1 for r in not_mixed),
@@ -146,9 +217,9 @@ def summarize(records: list[dict]) -> dict:
 
 
 def summarize_files(paths) -> list[dict]:
-    """Return one summary per file, each with its `model`, `step` and `file`."""
+    """Return one summary per results file (folders: per step), each with its `model`, `step` and `file`."""
     summaries = []
-    for path in paths:
+    for path in results_paths(paths):
         records = load_results([path])
         models = sorted({str(r["model"]) for r in records})
         steps = sorted({r["step"] for r in records if r.get("step") is not None})
@@ -243,15 +314,20 @@ def render(summaries: list[dict], fmt: str = "table", metrics: list[str] | None 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", nargs="+", required=True, help="evaluated or judged JSON Lines files")
-    parser.add_argument("--format", default="table", choices=("table", "json", "markdown"), help="output format")
-    parser.add_argument("--metric", action="append", choices=list(METRICS), metavar="NAME", help=(
-        "metric of the model x step table (repeatable); default: top1_judge if any line is judged, else "
-        f"top1_rule; one of: {', '.join(METRICS)}"))
+    cli.add_dataclass_arguments(parser, MetricsConfig)
 
 
 def run(args) -> int:
-    if not args.input:
-        raise ConfigError("input", "give at least one file")
-    print(render(summarize_files(args.input), args.format, args.metric))
+    config = cli.dataclass_from_args(MetricsConfig, args)
+    if not config.results:
+        raise ConfigError("results", "give at least one file or folder")
+    from diagnosis_zero import rarearena
+
+    files = results_paths(config.results)
+    if config.layout == "rarearena":
+        print(rarearena.render_rarearena_layout(files, config.format))
+        return 0
+    print(render(summarize_files(files), config.format, config.metric))
+    if config.format != "json" and (note := rarearena.protocol_note(load_results(files))):
+        print("\n" + note)  # per-item judge figures must not be read as RareArena's
     return 0

@@ -111,18 +111,26 @@ def make_tool_reward_funcs(funcs: list[Callable], weights: list[float], *, free_
     Each of `funcs` sees only the last assistant message of each completion (and the whole
     conversations as the `tool_completions` column, e.g. for completions.jsonl). When `tool_call_cost` or
     `tool_format_penalty` is non-zero, a `tools` reward (weight 1) adds `-tool_call_cost` per call
-    beyond `free_tool_calls` and `-tool_format_penalty` per malformed call. The first function logs,
+    beyond `free_tool_calls` and `-tool_format_penalty` per malformed call. The first synchronous function logs,
     through TRL's `log_metric`: `tool_calls_per_completion`, `tool_error_rate` (failed results / calls),
     `tool_use_rate` (share of completions with a call), and, given `score(final_answers, columns) ->
     accuracies`, `accuracy_with_tools` / `accuracy_without_tools` (only for groups that are not empty).
     """
+    import inspect
+
+    first_sync = next((func for func in funcs if not inspect.iscoroutinefunction(func)), None)
     wrapped = []
-    for position, func in enumerate(funcs):
-        def on_final(prompts=None, completions=(), _func=func, _first=position == 0, **columns):
-            finals = [[{"role": "assistant", "content": final_answer(c)}] for c in completions]
-            if _first:
-                _log_tool_metrics(completions, finals, columns, score)
-            return _func(prompts=prompts, completions=finals, tool_completions=completions, **columns)
+    for func in funcs:
+        if inspect.iscoroutinefunction(func):  # e.g. the judge reward: TRL awaits it on its event loop
+            async def on_final(prompts=None, completions=(), _func=func, **columns):
+                finals = [[{"role": "assistant", "content": final_answer(c)}] for c in completions]
+                return await _func(prompts=prompts, completions=finals, tool_completions=completions, **columns)
+        else:
+            def on_final(prompts=None, completions=(), _func=func, _first=func is first_sync, **columns):
+                finals = [[{"role": "assistant", "content": final_answer(c)}] for c in completions]
+                if _first:
+                    _log_tool_metrics(completions, finals, columns, score)
+                return _func(prompts=prompts, completions=finals, tool_completions=completions, **columns)
 
         on_final.__name__ = on_final.__qualname__ = func.__name__
         wrapped.append(on_final)

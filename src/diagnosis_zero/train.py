@@ -30,7 +30,7 @@ from typing import Any
 
 from diagnosis_zero import configs
 from diagnosis_zero.errors import ConfigError
-from diagnosis_zero.io import append_jsonl, iter_jsonl, write_text_atomic
+from diagnosis_zero.io import append_jsonl, read_jsonl, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,9 @@ METRICS_FILE = "metrics.jsonl"
 COMPLETIONS_FILE = "completions.jsonl"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
-# TRL log key -> metrics.jsonl key (docs/formats.md); other finite numbers keep TRL's names.
+# TRL log key -> metrics.jsonl key (docs/formats.md); other finite numbers keep TRL's names. The
+# callback renames TRL's logs in place before the reporting integrations see them, so TensorBoard
+# (as `train/KEY`), W&B and the others show metrics.jsonl's names too.
 METRIC_NAMES = {
     "reward": "reward_mean",
     "completions/mean_length": "completion_length_mean",
@@ -90,6 +92,7 @@ class TrainPlan:
     resume_from: Path | None
     reward_config: Any  # reward.RewardConfig
     device: str
+    judge_config: Any = None  # judge_reward.JudgeRewardConfig when the recipe sets `judge_reward`
 
 
 def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resume: bool = False) -> TrainPlan:
@@ -109,6 +112,11 @@ def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resum
         raise ConfigError("reward_preset", f"unknown preset {recipe.reward_preset!r}; choose one of "
                           f"{', '.join(reward.PRESETS)}")
     reward_config = reward.resolve_config(preset=recipe.reward_preset, **_reward_overrides(recipe))
+    judge_config = None
+    if recipe.judge_reward:
+        from diagnosis_zero import judge_reward
+
+        judge_config = judge_reward.check_recipe(recipe.judge_reward, reward_config, grpo_kwargs.get("reward_weights"))
 
     if recipe.data is not None:
         data_dir = Path(os.path.expanduser(recipe.data))
@@ -159,7 +167,8 @@ def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resum
     configs.derive_batch(recipe, grpo_kwargs, configs.world_size())
     grpo_args = _grpo_config(grpo_kwargs)
     return TrainPlan(recipe=recipe, args=grpo_args, recipe_path=recipe_path, output_dir=output_dir,
-                     resume_from=resume_from, reward_config=reward_config, device=device)
+                     resume_from=resume_from, reward_config=reward_config, device=device,
+                     judge_config=judge_config)
 
 
 def _reward_overrides(recipe: configs.RecipeConfig) -> dict:
@@ -283,24 +292,39 @@ def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConf
 
 # ---------------------------------------------------------------- rewards
 
-def make_reward_funcs(reward_config, assistant_prefix: str, on_batch=None):
-    """Return (TRL reward functions, weights): `reward.make_trl_reward_funcs` scoring prefix + completion.
+def make_reward_funcs(reward_config, assistant_prefix: str, on_batch=None, judge_config=None):
+    """Return (TRL reward functions, weights): `reward.make_trl_reward_funcs` scoring prefix + completion,
+    or with `judge_config` the judge reward's (`judge_reward.make_trl_reward_funcs`, its `judge` async).
 
     `on_batch(prompts, completions, columns)` is called once per generation batch (completions prefixed),
     e.g. to sample completions for `completions.jsonl`.
     """
+    import inspect
+
     from diagnosis_zero import reward
 
-    funcs, weights = reward.make_trl_reward_funcs(reward_config)
+    if judge_config is not None:
+        from diagnosis_zero import judge_reward
+
+        funcs, weights = judge_reward.make_trl_reward_funcs(reward_config, judge_config)
+    else:
+        funcs, weights = reward.make_trl_reward_funcs(reward_config)
+    first_sync = next(func for func in funcs if not inspect.iscoroutinefunction(func))
     wrapped = []
-    for position, func in enumerate(funcs):
-        def scored(prompts=None, completions=(), _func=func, _first=position == 0, **columns):
-            if assistant_prefix:
-                completions = [_prefixed(c, assistant_prefix) for c in completions]
-            values = _func(prompts=prompts, completions=completions, **columns)
-            if _first and on_batch is not None:
-                on_batch(prompts, completions, columns)
-            return values
+    for func in funcs:
+        if inspect.iscoroutinefunction(func):  # TRL awaits it on its event loop
+            async def scored(prompts=None, completions=(), _func=func, **columns):
+                if assistant_prefix:
+                    completions = [_prefixed(c, assistant_prefix) for c in completions]
+                return await _func(prompts=prompts, completions=completions, **columns)
+        else:
+            def scored(prompts=None, completions=(), _func=func, _first=func is first_sync, **columns):
+                if assistant_prefix:
+                    completions = [_prefixed(c, assistant_prefix) for c in completions]
+                values = _func(prompts=prompts, completions=completions, **columns)
+                if _first and on_batch is not None:
+                    on_batch(prompts, completions, columns)
+                return values
 
         scored.__name__ = scored.__qualname__ = func.__name__  # TRL logs rewards/<name>/mean
         wrapped.append(scored)
@@ -371,6 +395,8 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
         "val_accuracy": sum(r["acc"] for r in results) / n,
         "val_format_rate": sum(r["format"] for r in results) / n,
         "val_think_rate": sum(r["think_present"] for r in results) / n,
+        # think dropped: an answer but no think block (the one definition, metrics.think_dropped)
+        "val_think_dropped_rate": sum(bool(r["pred"]) and not r["think_present"] for r in results) / n,
         "val_mixed_language_rate": sum(r["mixed_language"] for r in results) / n,
         "val_completion_length_mean": sum(by_index[i][1] for i in range(n)) / n,
     }
@@ -476,28 +502,43 @@ def _greedy_vllm(trainer, prompt_ids: list[list[int]], max_new_tokens: int) -> l
 
 # ---------------------------------------------------------------- logs
 
+def metric_name(key: str) -> str:
+    """Return the metrics.jsonl name of a TRL log key (docs/formats.md); our own names map to themselves."""
+    if key.startswith("rewards/") and key.endswith("/mean"):
+        return key[:-len("/mean")]
+    if key.startswith("rewards/") and key.endswith("/std"):
+        return key[:-len("/std")] + "_std"
+    return METRIC_NAMES.get(key, key)
+
+
+def rename_logs(logs: dict) -> None:
+    """Rename TRL's log keys in place to metrics.jsonl's names (for the loggers that read `logs` next)."""
+    for key in list(logs):
+        name = metric_name(key)
+        if name != key:
+            logs[name] = logs.pop(key)
+
+
 def metrics_row(logs: dict, step: int, elapsed: float) -> dict:
     """Return the metrics.jsonl line for TRL's `logs` at `step` (docs/formats.md names; no NaN)."""
     row: dict[str, Any] = {"step": step}
     for key, value in logs.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        if key.startswith("rewards/") and key.endswith("/mean"):
-            name = key[:-len("/mean")]
-        elif key.startswith("rewards/") and key.endswith("/std"):
-            name = key[:-len("/std")] + "_std"
-        else:
-            name = METRIC_NAMES.get(key, key)
-        row[name] = value
+        row[metric_name(key)] = value
     row["time"] = round(elapsed, 3)
     return row
 
 
 def read_rows(path: Path) -> list[dict]:
-    """Return the JSON objects of a JSON Lines log, skipping a torn last line (kill -9)."""
+    """Return the JSON objects of a JSON Lines log (io.read_jsonl's torn-tail policy; other bad lines
+    are skipped with a warning: the log is rewritten from the good ones on resume)."""
     if not path.is_file():
         return []
-    return [record for _, record in iter_jsonl(path, skip_invalid=True, errors=[])]
+    lines = read_jsonl(path, skip_bad=True)
+    for error in lines.bad_lines:
+        logger.warning("%s (line skipped)", error)
+    return lines.records
 
 
 def truncate_log(path: Path, last_step: int) -> list[dict]:
@@ -538,13 +579,16 @@ def _make_callback(run: RunState):
             return control
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
+            logs = logs if logs is not None else {}
             if not state.is_world_process_zero or SUMMARY_KEYS & set(logs):
                 return
-            row = metrics_row(logs, state.global_step, run.elapsed())
+            # In place, before the reporting callbacks (see _log_names_first): TensorBoard and the
+            # others log metrics.jsonl's names, validation included.
+            rename_logs(logs)
             if run.pending_validation:
-                row.update(run.pending_validation)
+                logs.update(run.pending_validation)
                 run.pending_validation = None
+            row = metrics_row(logs, state.global_step, run.elapsed())
             run.write_row(row)
             if "reward_mean" in row:
                 logger.info("step %d: reward %.3f, format %.2f, think %.2f, accuracy %.2f, %.0f tokens, %.1f s",
@@ -692,7 +736,8 @@ def train(plan: TrainPlan) -> dict:
     from datasets import Dataset
 
     train_dataset = Dataset.from_list(train_rows)
-    reward_funcs, weights = make_reward_funcs(plan.reward_config, recipe.assistant_prefix, run.on_reward_batch)
+    reward_funcs, weights = make_reward_funcs(plan.reward_config, recipe.assistant_prefix, run.on_reward_batch,
+                                              plan.judge_config)
     if recipe.tools:
         reward_funcs, weights = _tool_reward_funcs(reward_funcs, weights, plan)
     if args.reward_weights is None:
@@ -706,10 +751,12 @@ def train(plan: TrainPlan) -> dict:
         peft_config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
                                  target_modules=targets[0] if targets == ["all-linear"] else targets,
                                  task_type="CAUSAL_LM")
+    callback = _make_callback(run)
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[_make_callback(run)],
+                          processing_class=tokenizer, peft_config=peft_config, callbacks=[callback],
                           tools=_tool_funcs(recipe) or None)
     run.trainer = trainer
+    _log_names_first(trainer, callback)
     _quiet_progress(trainer)
 
     def on_sigint(signum, frame):
@@ -745,6 +792,13 @@ def _tool_reward_funcs(reward_funcs, weights, plan: TrainPlan):
     return tool_use.make_tool_reward_funcs(reward_funcs, weights, free_tool_calls=recipe.free_tool_calls,
                                            tool_call_cost=recipe.tool_call_cost,
                                            tool_format_penalty=recipe.tool_format_penalty, score=accuracies)
+
+
+def _log_names_first(trainer, callback) -> None:
+    """Put our callback first, so its on_log renames TRL's keys before the reporting integrations
+    (TensorBoard, W&B, ...) log them: Trainer puts those before the `callbacks` it is given."""
+    trainer.callback_handler.callbacks.remove(callback)
+    trainer.callback_handler.callbacks.insert(0, callback)
 
 
 def _quiet_progress(trainer) -> None:
