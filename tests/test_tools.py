@@ -160,3 +160,22 @@ def test_tool_usage_counts_executed_errors_and_malformed():
     ]
     assert tool_use.tool_usage(completion) == {"calls": 2, "errors": 1, "malformed": 1}
     assert tool_use.final_answer(completion) == "<answer>X</answer>"
+
+
+def test_demo_vignettes_hold_leakage_in_check():
+    """demo_max_phenotypes caps the disease's own findings, demo_distractors adds others' findings;
+    the defaults generate exactly the cases they did before."""
+    from diagnosis_zero import data
+
+    plain = data.hpo_cases(30, seed=3)
+    assert plain == data.hpo_cases(30, seed=3, max_phenotypes=12, distractors=0)
+    mixed = data.hpo_cases(30, seed=3, max_phenotypes=4, distractors=3)
+    diseases = {d["orpha_id"]: d for d in data._hpo_diseases()}
+    for record in mixed:
+        own = {name.lower() for name, _, _ in diseases[record["Orpha_id"]]["phenotypes"]}
+        findings = [f.strip(" .").lower() for line in record["case_report"].splitlines()[1:]
+                    for f in re.split(r", | and ", line.split(": ", 1)[1])]
+        mine = [f for f in findings if f in own]
+        assert 1 <= len(mine) <= 4
+        assert len(findings) - len(mine) >= 2  # distractors (a few diseases leave fewer candidates)
+    assert [r["diagnosis"] for r in mixed] == [r["diagnosis"] for r in plain]
