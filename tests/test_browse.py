@@ -89,8 +89,11 @@ def test_filters_match_hand_counted_outcomes():
     assert chosen["format_failure"] == ["5"]
     assert chosen["think_dropped"] == ["7"]  # an answer without think; case 5 has neither (format failure)
     assert chosen["mixed_language"] == ["3", "8"]
-    assert chosen["rule_wrong_judge_right"] == ["6"]  # NF1
-    assert chosen["rule_right_judge_wrong"] == ["1"]  # Gaucher type 2 vs type 1
+    # the disagreement filters use the clinical rule (agreement.disagrees), not the stored `acc` (the seed
+    # matcher's): clinical accepts NF1 (case 6) and rejects Gaucher type 2 for type 1 (case 1), as the judge does
+    assert [r["acc"] for r in records if r["id"] in ("case-1", "case-6")] == [True, False]
+    assert chosen["rule_wrong_judge_right"] == []
+    assert chosen["rule_right_judge_wrong"] == []
     assert len(chosen["all"]) == 8
 
 
@@ -102,9 +105,10 @@ def test_case_text_is_taken_from_the_user_message():
 
 
 def test_list_page_filters_and_counts(client):
-    page = client.get("/?ckpt=step-20&filter=rule_wrong_judge_right").get_data(as_text=True)
+    page = client.get("/?ckpt=step-20&filter=wrong").get_data(as_text=True)
     assert 'data-filter="mixed_language" href="/?ckpt=step-20&amp;filter=mixed_language">mixed language (2)' in page
-    assert ">case-6</a>" in page and ">case-1</a>" not in page
+    assert ">rule wrong, judge right (0)</a>" in page  # NF1 (case 6): the clinical rule agrees with the judge
+    assert ">case-8</a>" in page and ">case-1</a>" not in page
     assert "judge top-1 87.5% (8 judged)" in page
     assert client.get("/?ckpt=step-99").status_code == 404
     searched = client.get("/?ckpt=step-0&q=ceruloplasmin").get_data(as_text=True)
@@ -323,3 +327,46 @@ def test_results_take_files_and_folders_and_the_old_hierarchy_flag(tmp_path, hie
     args = parser.parse_args(["--results", str(RESULTS), "--hierarchy", str(hierarchy_file)])
     assert args.orphanet == [str(hierarchy_file)]
     assert "--hierarchy is deprecated; use --orphanet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("with_orphanet", [False, True])
+def test_disagreement_filters_select_what_agreement_writes(tmp_path, hierarchy_file, with_orphanet, capsys):
+    import csv
+    import re
+
+    # both runs' judged files, where the clinical rule agrees with the judge everywhere; two verdicts are
+    # changed so that it does not: Wilson disease for Wilson disease judged 0, DRPLA for Huntington judged 2
+    runs = tmp_path / "results"
+    shutil.copytree(RESULTS.parent, runs)
+    judged = runs / "qwen2.5-7b-instruct" / "step-0.judged.jsonl"
+    lines = [json.loads(line) for line in judged.read_text().splitlines()]
+    assert [(lines[i]["id"], lines[i]["judge"]["score"]) for i in (2, 7)] == [("case-3", 2), ("case-8", 0)]
+    lines[2]["judge"]["score"], lines[7]["judge"]["score"] = 0, 2
+    judged.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    orphanet = [str(hierarchy_file)] if with_orphanet else []
+    method = "clinical+lexicon" if with_orphanet else "clinical"
+    folders = [str(p) for p in sorted(runs.iterdir())]
+
+    assert cli.main(["agreement", "--results", *folders, "--output-dir", str(tmp_path / "agreement"),
+                     *(["--orphanet", *orphanet] if orphanet else [])]) == 0
+    capsys.readouterr()
+    with open(tmp_path / "agreement" / "disagreements.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["method"] == method]
+    expected = {(Path(r["file"]).parent.name, Path(r["file"]).name.split(".")[0], r["id"], int(r["sample"] or 0),
+                 "rule_wrong_judge_right" if r["judge_score"] == "2" else "rule_right_judge_wrong") for r in rows}
+    assert expected  # the fixture holds disagreements of both kinds
+    assert {kind for *_, kind in expected} == {"rule_wrong_judge_right", "rule_right_judge_wrong"}
+
+    checkpoints, _ = load_checkpoints(folders)
+    client = Client(make_app(checkpoints, hierarchy=load_hierarchy(hierarchy_file), orphanet=orphanet))
+    shown = set()
+    for name in checkpoints:
+        # a step only one run has keeps its plain name
+        folder, step = name.split("/") if "/" in name else (next(p.name for p in runs.iterdir() if (p / f"{name}.jsonl").exists()), name)
+        for kind in ("rule_wrong_judge_right", "rule_right_judge_wrong"):
+            page = client.get("/?" + urllib.parse.urlencode({"ckpt": name, "filter": kind})).get_data(as_text=True)
+            for case_id, sample in re.findall(r'class="open" href="[^"]*">([^<]+)</a>(?: #(\d+))?', page):
+                shown.add((folder, step, case_id, int(sample or 0), kind))
+    assert shown == expected
+    # the seed matcher's stored `acc` says NF1 (case 6) is wrong; the clinical rule, like the judge, does not
+    assert ("qwen2.5-7b-instruct", "step-0", "case-6", 0, "rule_wrong_judge_right") not in shown

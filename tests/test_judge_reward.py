@@ -71,7 +71,7 @@ def test_each_completion_takes_its_route_and_judge_scores_map_to_levels(server, 
         completion("Not " + LCHAD): (0.1, False),  # a negation: no credit
         completion(LCHAD_VARIANT): (1.0, False),  # the clinical rules match
         completion(SYNONYM): (1.0, True),  # judge 2
-        completion(LCHAD_PARENT): (0.55, True),  # judge 1: an Orphanet parent of 2 diseases
+        completion(LCHAD_PARENT): (0.3, True),  # judge 1: an Orphanet parent of 2 diseases (partial_credit)
         completion(LCHAD_BROAD): (0.1, True),  # judge 0: a parent of 54 diseases earns nothing
         completion("Gaucher disease"): (0.1, True),  # judge 0
     }
@@ -87,23 +87,47 @@ def test_each_completion_takes_its_route_and_judge_scores_map_to_levels(server, 
     assert 0 < metrics["judge_latency_p50"] <= metrics["judge_latency_p95"]
 
 
-def test_partial_credit_defaults_to_the_midpoint_and_must_lie_between_the_levels(server, tmp_path):
+def test_partial_credit_defaults_to_the_rule_rewards_and_must_lie_between_the_levels(server, tmp_path):
+    # one partial-credit value: the judge's score 1 pays the rule reward's partial_credit
     original = reward.PRESETS["original"]
-    assert judge_reward.partial_level(config(server, tmp_path), CLINICAL) == pytest.approx(0.55)
-    assert judge_reward.partial_level(config(server, tmp_path), original) == pytest.approx(0.55)
-    levels = reward.resolve_config(wrong_reward=0.0)
-    assert judge_reward.partial_level(config(server, tmp_path), levels) == pytest.approx(0.5)
-    judge = judge_reward.JudgeReward(config(server, tmp_path, partial_reward=0.3))
+    assert judge_reward.partial_level(config(server, tmp_path), CLINICAL) == CLINICAL.partial_credit == 0.3
+    assert judge_reward.partial_level(config(server, tmp_path), original) == pytest.approx(0.3)
+    levels = reward.resolve_config(partial_credit=0.4)
+    assert judge_reward.partial_level(config(server, tmp_path), levels) == pytest.approx(0.4)
+    assert judge_reward.partial_level(config(server, tmp_path, partial_reward=0.5), levels) == pytest.approx(0.5)
+    judge = judge_reward.JudgeReward(config(server, tmp_path, partial_reward=0.5))  # explicit still wins
     results, _ = score(judge, [completion(LCHAD_PARENT)])
-    assert results[0]["score"] == pytest.approx(0.3)
+    assert results[0]["score"] == pytest.approx(0.5)
     for bad in (0.1, 1.0, 1.5):
         with pytest.raises(ConfigError, match="partial_reward"):
             judge_reward.JudgeReward(config(server, tmp_path, partial_reward=bad))
+    # the rule reward checks its partial_credit only with a hierarchy; an inherited one out of range is named
+    with pytest.raises(ConfigError, match="the rule reward's partial_credit 0.3 must lie strictly between"):
+        judge_reward.JudgeReward(config(server, tmp_path), reward.resolve_config(wrong_reward=0.5))
     # Without the Orphanet file there are no score-1 names: a judge's 1 is worth nothing.
     server.answer_override[LCHAD_PARENT] = "1"
     results, _ = score(judge_reward.JudgeReward(config(server, tmp_path, orphanet=None, cache=str(tmp_path / "b"))),
                        [completion(LCHAD_PARENT)])
     assert results[0]["score"] == pytest.approx(0.1)
+
+
+def test_the_judge_reward_takes_the_rule_rewards_hierarchy_and_partial_credit(server, tmp_path):
+    server.answer_override[LCHAD_PARENT] = "1"
+    levels = reward.resolve_config(hierarchy=str(HIERARCHY), partial_credit=0.4)
+    judge = judge_reward.JudgeReward(config(server, tmp_path, orphanet=None), levels)
+    assert judge.config.orphanet == str(HIERARCHY)  # the rule reward's parents are the judge's score-1 names
+    results, _ = score(judge, [completion(LCHAD_PARENT)])
+    assert results[0]["judge_score"] == 1 and results[0]["score"] == pytest.approx(0.4)
+    # the judge reward's own file still wins
+    own = tmp_path / "own.json"
+    os.symlink(HIERARCHY.resolve(), own)
+    assert judge_reward.JudgeReward(config(server, tmp_path, orphanet=str(own)), levels).config.orphanet == str(own)
+    # verl: reward_kwargs carry the rule reward's hierarchy and partial_credit, and no judge orphanet
+    kwargs = dict(base_url=server.base_url, judge_model="fake-judge", cache=str(tmp_path / "verl.sqlite"),
+                  hierarchy=str(HIERARCHY), partial_credit=0.4)
+    result = asyncio.run(judge_reward.compute_score("rare_arena", completion(LCHAD_PARENT), TRUTH["ground_truth"],
+                                                    None, **kwargs))
+    assert result["judge_score"] == 1 and result["score"] == pytest.approx(0.4)
 
 
 def test_identical_pairs_are_asked_once_and_the_second_epoch_comes_from_the_cache(server, tmp_path):
@@ -285,7 +309,7 @@ def test_a_slow_judge_falls_back_at_the_deadline_and_its_late_verdict_fills_the_
         assert [r["judge_fallback"] for r in first] == [1] * 4 and first_stats.fallbacks == 4
         assert first_stats.calls == 1  # sent, not answered in time
         assert [r["score"] for r in first] == [pytest.approx(0.1)] * 4  # the rule reward: wrong
-        assert [r["score"] for r in second] == [pytest.approx(0.55)] * 4
+        assert [r["score"] for r in second] == [pytest.approx(0.3)] * 4
         assert second_stats.cache_hits == 1 and second_stats.fallbacks == 0 and slow.count() == 1
     finally:
         slow.stop()
@@ -384,7 +408,7 @@ def test_trl_functions_sum_to_the_judge_reward_and_log_the_judge_metrics(server,
              for values in zip(levels, *others, strict=True)]
     expected, _ = score(judge_reward.JudgeReward(config(server, tmp_path)), completions)
     assert total == pytest.approx([r["score"] for r in expected])
-    assert levels == pytest.approx([1.0, 0.55, 0.0, 1.0])
+    assert levels == pytest.approx([1.0, 0.3, 0.0, 1.0])
     assert {"judge_calls", "judge_cache_hit_rate", "judge_fallback_rate", "judge_latency_p50",
             "judge_latency_p95"} <= set(logged)
 

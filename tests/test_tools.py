@@ -165,12 +165,12 @@ def test_tool_usage_counts_executed_errors_and_malformed():
 def test_demo_vignettes_hold_leakage_in_check():
     """demo_max_phenotypes caps the disease's own findings, demo_distractors adds others' findings;
     the defaults generate exactly the cases they did before."""
-    from diagnosis_zero import data
+    from diagnosis_zero import hpo_cases
 
-    plain = data.hpo_cases(30, seed=3)
-    assert plain == data.hpo_cases(30, seed=3, max_phenotypes=12, distractors=0)
-    mixed = data.hpo_cases(30, seed=3, max_phenotypes=4, distractors=3)
-    diseases = {d["orpha_id"]: d for d in data._hpo_diseases()}
+    plain = hpo_cases.hpo_cases(30, seed=3)
+    assert plain == hpo_cases.hpo_cases(30, seed=3, max_phenotypes=12, distractors=0)
+    mixed = hpo_cases.hpo_cases(30, seed=3, max_phenotypes=4, distractors=3)
+    diseases = {d["orpha_id"]: d for d in hpo_cases._hpo_diseases()}
     for record in mixed:
         own = {name.lower() for name, _, _ in diseases[record["Orpha_id"]]["phenotypes"]}
         findings = [f.strip(" .").lower() for line in record["case_report"].splitlines()[1:]
@@ -179,3 +179,7 @@ def test_demo_vignettes_hold_leakage_in_check():
         assert 1 <= len(mine) <= 4
         assert len(findings) - len(mine) >= 2  # distractors (a few diseases leave fewer candidates)
     assert [r["diagnosis"] for r in mixed] == [r["diagnosis"] for r in plain]
+    # the options are in the demo data's cache key
+    names = {hpo_cases.cache_name(30, 3, "T"), hpo_cases.cache_name(30, 3, "T", max_phenotypes=4),
+             hpo_cases.cache_name(30, 3, "T", distractors=3)}
+    assert len(names) == 3

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import html
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from diagnosis_zero import cli
 from diagnosis_zero.browse_pages import (
     FILTERS,
     case_text,
+    filters,
     highlight_completion,
     is_correct,
     judge_score,
@@ -53,11 +53,16 @@ class BrowseConfig:
         "help": "results folders with step-N.jsonl / step-N.judged.jsonl files, or results files"})
     orphanet: list[str] | None = field(default=None, metadata={
         "aliases": ["--hierarchy"], "metavar": "PATH",
-        "help": "orphanet_hypernym.json: show each ground truth's Orphanet name and parents"})
+        "help": "Orphanet file(s): orphanet_hypernym.json shows each ground truth's Orphanet name and "
+                "parents; the judge-disagreement filters then use the clinical+lexicon rule (as `agreement`)"})
     model: str | None = field(default=None, metadata={
         "help": "model to diagnose pasted cases with (local path, hub id or bundled:NAME)"})
-    template: str = field(default="r1-zero", metadata={"help": "prompt template for pasted cases (see prepare)"})
-    max_new_tokens: int = field(default=1024, metadata={"help": "generation limit for pasted cases, tokens"})
+    template: str | None = field(default=None, metadata={
+        "help": "prompt template for pasted cases (see prepare); default: a training run's own, else r1-zero"})
+    assistant_prefix: str | None = field(default=None, metadata={
+        "help": "text opening the assistant turn for pasted cases; default: a training run's own, else none"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "generation limit for pasted cases, tokens; default: a training run's own, else 1024"})
     host: str = field(default="127.0.0.1", metadata={
         "help": "address to bind (127.0.0.1: only this machine can connect)"})
     port: int = field(default=7860, metadata={"help": "port to listen on"})
@@ -73,17 +78,12 @@ def run(args) -> int:
     config = cli.dataclass_from_args(BrowseConfig, args)
     checkpoints, warnings = load_checkpoints(config.results)
     hierarchy = orphanet_hierarchy(config.orphanet)
-    generator = None
-    if config.model:
-        from diagnosis_zero.models import load_model_and_tokenizer
-
-        logger.info("loading %s", config.model)
-        model, tokenizer = load_model_and_tokenizer(config.model)
-        generator = Generator(model, tokenizer, config.template, config.max_new_tokens)
+    generator = load_pasted_case_generator(config.model, config.template, config.assistant_prefix,
+                                           config.max_new_tokens) if config.model else None
     if config.host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: anyone who can reach this machine can read these cases", config.host)
     app = make_app(checkpoints, hierarchy=hierarchy, generator=generator, warnings=warnings,
-                   title=" ".join(config.results))
+                   title=" ".join(config.results), orphanet=config.orphanet)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     print(f"browse: http://{config.host}:{config.port}/  ({sum(map(len, checkpoints.values()))} results, "
           f"{len(checkpoints)} checkpoints; Ctrl+C to stop)", flush=True)
@@ -142,41 +142,44 @@ def load_checkpoints(paths) -> tuple[dict[str, list[dict]], list[str]]:
 
 
 class Generator:
-    """Streams one diagnosis at a time from a loaded model (a lock serialises requests)."""
+    """Streams one diagnosis of a pasted case at a time, through `generation.HFGenerator` (as every verb)."""
 
-    def __init__(self, model, tokenizer, template: str, max_new_tokens: int):
-        self.model, self.tokenizer = model, tokenizer
-        self.template, self.max_new_tokens = template, max_new_tokens
-        self.lock = threading.Lock()
+    def __init__(self, generator, template: str):
+        self.generator, self.template = generator, template
 
     def stream(self, case: str):
-        from transformers import TextIteratorStreamer
-
         from diagnosis_zero.data import build_prompt
 
-        messages = build_prompt(case, self.template)
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        inputs = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
-        with self.lock:
-            worker = threading.Thread(target=self.model.generate, daemon=True, kwargs=dict(
-                **inputs, streamer=streamer, max_new_tokens=self.max_new_tokens, do_sample=False,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id))
-            worker.start()
-            yield from (text for text in streamer if text)
-            worker.join()
+        yield from self.generator.stream(build_prompt(case, self.template))
+
+
+def load_pasted_case_generator(model: str, template: str | None = None, assistant_prefix: str | None = None,
+                               max_new_tokens: int | None = None) -> Generator:
+    """Load a model for pasted cases; unset prompting defaults to the run's own (a checkpoint's saved recipe)."""
+    from diagnosis_zero import generation
+
+    config = generation.GenerationConfig(backend="hf", assistant_prefix=assistant_prefix,
+                                         max_new_tokens=max_new_tokens, temperature=0.0)
+    config, template = generation.resolve_decoding(config, model, template, default_template="r1-zero")
+    logger.info("loading %s; %s", model, generation.prompting_record(config, template))
+    return Generator(generation.load_generator(model, config), template)
 
 
 # -------------------------------------------------------------------------------------------- app
 
 def make_app(checkpoints: dict[str, list[dict]], *, hierarchy=None, generator: Generator | None = None,
-             warnings: list[str] | None = None, title: str = "results"):
-    """Return the WSGI app serving these checkpoints."""
+             warnings: list[str] | None = None, title: str = "results", orphanet=()):
+    """Return the WSGI app serving these checkpoints.
+
+    `orphanet`: the `--orphanet` paths; with them the judge-disagreement filters use the
+    clinical+lexicon rule, as `diagnosis-zero agreement` does (browse_pages.filters).
+    """
     from werkzeug.exceptions import HTTPException, NotFound
     from werkzeug.routing import Map, Rule
     from werkzeug.wrappers import Request, Response
 
     names = list(checkpoints)
+    shown_filters = filters(orphanet, remember=True)
     notes = "".join(f'<p class="warning">{html.escape(w)}</p>' for w in warnings or [])
 
     def page(body: str, status: int = 200) -> Response:
@@ -187,9 +190,9 @@ def make_app(checkpoints: dict[str, list[dict]], *, hierarchy=None, generator: G
         name = request.args.get("ckpt") or names[-1]
         filter_name = request.args.get("filter", "all")
         filter_name = {"dropped_think": "think_dropped"}.get(filter_name, filter_name)  # its old name, in saved links
-        if name not in checkpoints or filter_name not in FILTERS:
+        if name not in checkpoints or filter_name not in shown_filters:
             raise NotFound(f"unknown checkpoint {name!r} or filter {filter_name!r}")
-        return page(page_list(checkpoints, name, filter_name, request.args.get("q", "")) + notes)
+        return page(page_list(checkpoints, name, filter_name, request.args.get("q", ""), shown_filters) + notes)
 
     def case(request):
         body = page_case(checkpoints, request.args.get("ckpt") or names[-1], request.args.get("id", ""),

@@ -12,6 +12,7 @@ import html
 import re
 from urllib.parse import urlencode
 
+from diagnosis_zero.agreement import disagrees
 from diagnosis_zero.metrics import think_dropped
 from diagnosis_zero.reward import MAX_PARENT_DISEASES, OTHER_LANGUAGE_RUN
 
@@ -33,18 +34,56 @@ def is_correct(record: dict) -> bool:
     return score == 2 if score is not None else bool(record.get("acc"))
 
 
-# filter name -> (button label, predicate)
-FILTERS = {
-    "all": ("all", lambda r: True),
-    "correct": ("correct", is_correct),
-    "wrong": ("wrong", lambda r: not is_correct(r)),
-    "format_failure": ("format failure", lambda r: not r.get("format")),
-    "think_dropped": ("think dropped", think_dropped),
-    "mixed_language": ("mixed language", lambda r: bool(r.get("mixed_language"))),
-    "rule_wrong_judge_right": ("rule wrong, judge right", lambda r: not r.get("acc") and judge_score(r) == 2),
-    "rule_right_judge_wrong": ("rule right, judge wrong",
-                               lambda r: bool(r.get("acc")) and judge_score(r) in (0, 1)),
-}
+def disagreement_method(orphanet=()) -> str:
+    """Return the rule method browse's judge-disagreement filters use: `clinical`, or
+    `clinical+lexicon` when Orphanet files are given (the agreement verb's names).
+
+    The filters ask "rule right or wrong" on the judge's 2-vs-not scale, so the partial-credit
+    method (which answers 2/1/0) is not one of their choices.
+    """
+    return "clinical+lexicon" if orphanet else "clinical"
+
+
+def filters(orphanet=(), remember: bool = False) -> dict:
+    """Return the list page's filters: name -> (button label, predicate on a record).
+
+    "rule wrong, judge right" and "rule right, judge wrong" are `agreement.disagrees` under
+    `disagreement_method(orphanet)`, split by the judge's verdict, so browse shows exactly the
+    cases `diagnosis-zero agreement` writes to disagreements.csv for that method. `remember`: grade
+    each record once and keep it (for an app that serves the same records on every page).
+    """
+    method, files = disagreement_method(orphanet), tuple(str(p) for p in orphanet or ())
+    # Each list page counts every filter over every record. Keyed by the record object, which the
+    # entry keeps alive, so an id is never reused for another record.
+    verdicts: dict[int, tuple[dict, bool]] = {}
+
+    def disagreement(record: dict) -> bool:
+        entry = verdicts.get(id(record))
+        if entry is None or entry[0] is not record:
+            entry = (record, bool(disagrees(record, method, files)))
+            if remember:
+                verdicts[id(record)] = entry
+        return entry[1]
+
+    def rule_wrong_judge_right(record: dict) -> bool:
+        return judge_score(record) == 2 and disagreement(record)
+
+    def rule_right_judge_wrong(record: dict) -> bool:
+        return judge_score(record) in (0, 1) and disagreement(record)
+
+    return {
+        "all": ("all", lambda r: True),
+        "correct": ("correct", is_correct),
+        "wrong": ("wrong", lambda r: not is_correct(r)),
+        "format_failure": ("format failure", lambda r: not r.get("format")),
+        "think_dropped": ("think dropped", think_dropped),
+        "mixed_language": ("mixed language", lambda r: bool(r.get("mixed_language"))),
+        "rule_wrong_judge_right": ("rule wrong, judge right", rule_wrong_judge_right),
+        "rule_right_judge_wrong": ("rule right, judge wrong", rule_right_judge_wrong),
+    }
+
+
+FILTERS = filters()  # without Orphanet files; a browse session builds its own with `filters(orphanet)`
 
 
 def case_text(record: dict) -> str:
@@ -168,7 +207,7 @@ def _checkpoint_label(name: str) -> str:
     return name.replace("step-", "step ") if name.startswith("step-") else name
 
 
-def page_list(checkpoints, name: str, filter_name: str, query: str) -> str:
+def page_list(checkpoints, name: str, filter_name: str, query: str, filter_set: dict = FILTERS) -> str:
     records = checkpoints[name]
     q = query.lower().strip()
     if q:
@@ -178,8 +217,8 @@ def page_list(checkpoints, name: str, filter_name: str, query: str) -> str:
         f'<a class="{"active" if f == filter_name else ""}" data-filter="{f}" '
         f'href="{_link("/", ckpt=name, filter=f, q=query)}">{html.escape(label)} '
         f"({sum(1 for r in records if pred(r))})</a>"
-        for f, (label, pred) in FILTERS.items())
-    shown = [r for r in records if FILTERS[filter_name][1](r)]
+        for f, (label, pred) in filter_set.items())
+    shown = [r for r in records if filter_set[filter_name][1](r)]
     options = "".join(f'<option value="{html.escape(n)}"{" selected" if n == name else ""}>'
                       f"{html.escape(_checkpoint_label(n))} ({len(c)})</option>" for n, c in checkpoints.items())
     rows = "".join(

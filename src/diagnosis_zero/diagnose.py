@@ -1,10 +1,12 @@
 """`diagnosis-zero diagnose`: diagnose one case from a file or stdin, and show the reasoning.
 
     diagnosis-zero diagnose --model runs/demo/checkpoint-50 --case-file case.txt
-    echo "A 4-year-old boy with ..." | diagnosis-zero diagnose --lexicon en_product1.xml
+    echo "A 4-year-old boy with ..." | diagnosis-zero diagnose --orphanet en_product1.xml
 
-With `--lexicon` (Orphanet's en_product1.xml or RareArena's orphanet_hypernym.json) the answer is
-resolved to its Orphanet entry.
+With `--orphanet` (Orphanet's en_product1.xml or RareArena's orphanet_hypernym.json) the answer is
+resolved to its Orphanet entry. Given a training run's checkpoint, the template, assistant prefix and
+generation length default to the run's own (its saved recipe), as in `evaluate` and `browse`. One
+answer, so there is no `--num-samples`.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diagnosis_zero.errors import ConfigError, InputFileError
-from diagnosis_zero.evaluate import GenerationConfig, add_config_arguments, config_from_args, load_generator
+from diagnosis_zero.cli import add_dataclass_arguments, dataclass_from_args
+from diagnosis_zero.errors import InputFileError
+from diagnosis_zero.generation import DecodingConfig, GenerationConfig, load_generator
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
@@ -26,10 +29,12 @@ class DiagnoseConfig:
     model: str = field(default="bundled:smollm2-135m-instruct", metadata={
         "help": "model: local folder (e.g. a checkpoint), hub id or bundled:NAME"})
     case_file: str | None = field(default=None, metadata={"help": "text file with the case; default: read stdin"})
-    template: str = field(default="r1-zero", metadata={
-        "help": "prompt template: r1-zero (the original study's), rarearena-top5, or a file with {case}"})
-    lexicon: str | None = field(default=None, metadata={
-        "help": "Orphanet en_product1.xml or orphanet_hypernym.json, to resolve the answer to an Orphanet entry"})
+    template: str | None = field(default=None, metadata={
+        "help": "prompt template: r1-zero (the original study's), rarearena-top5, or a file with {case}; "
+                "default: a training run's own, else r1-zero"})
+    orphanet: list[str] | None = field(default=None, metadata={"aliases": ("--lexicon",), "help": (
+        "Orphanet en_product1.xml and/or orphanet_hypernym.json, to resolve the answer to an Orphanet entry "
+        "(names read from the XML when both are given)")})
 
 
 def read_case(case_file: str | None) -> str:
@@ -81,25 +86,28 @@ def describe(completion: str, lexicon=None, ranked: bool = False) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser, DiagnoseConfig)
-    add_config_arguments(parser, GenerationConfig)
+    add_dataclass_arguments(parser, DiagnoseConfig)
+    add_dataclass_arguments(parser, DecodingConfig)
 
 
 def run(args) -> int:
     from diagnosis_zero.data import build_prompt
+    from diagnosis_zero.evaluate import describe_generation, lexicon_path
+    from diagnosis_zero.generation import prompting_record, resolve_decoding
     from diagnosis_zero.reward import load_lexicon
 
-    config = config_from_args(DiagnoseConfig, args)
-    generation = config_from_args(GenerationConfig, args)
-    if generation.num_samples != 1:
-        raise ConfigError("num_samples", "diagnose writes one answer; use `evaluate` for several samples")
-    lexicon = load_lexicon(config.lexicon) if config.lexicon else None  # fails before the model loads
-    prompt = build_prompt(read_case(config.case_file), config.template)
-    generator = load_generator(config.model, generation)
+    config = dataclass_from_args(DiagnoseConfig, args)
+    decoding, template = resolve_decoding(dataclass_from_args(GenerationConfig, args), config.model,
+                                          config.template, default_template="r1-zero")
+    # fails before the model loads
+    lexicon = load_lexicon(lexicon_path(config.orphanet)) if config.orphanet else None
+    prompt = build_prompt(read_case(config.case_file), template)
+    generator = load_generator(config.model, decoding)
     try:
         [[(text, _)]] = generator.generate([prompt])
     finally:
         generator.close()
-    ranked = config.template == "rarearena-top5"
-    print(describe(generation.assistant_prefix + text, lexicon, ranked))
+    ranked = template == "rarearena-top5"
+    print(describe(decoding.assistant_prefix + text, lexicon, ranked))
+    print(f"\n({describe_generation(prompting_record(decoding, template))})")
     return 0

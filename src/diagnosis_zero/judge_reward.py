@@ -8,6 +8,10 @@ For each completion (the rule reward, `reward.score_batch`, is computed first an
 - anything else goes to the per-item judge (`judge.ItemGrader`) with the case's Orphanet parents of
   at most 10 diseases: 2 -> the correct level, 1 -> `partial_reward`, 0 -> the wrong level.
 
+One partial-credit value: `partial_reward` defaults to the rule reward's `partial_credit`, and
+`orphanet` to the rule reward's `hierarchy`, so a score 1 from the judge pays what the rules pay
+for naming the same small parent group (`partial_level`, `JudgeReward`).
+
 Within a step each (answer, references) pair is asked once; every verdict lands in the SQLite cache
 that `diagnosis-zero judge` uses, so evaluation and later epochs reuse it. A judge that is slow, down
 or rate-limited is retried by the grader until the step's deadline; whatever is still unanswered then
@@ -58,9 +62,9 @@ class JudgeRewardConfig:
                                       "one (RareArena's verbatim protocols grade a whole top-5 per request)"})
     orphanet: str | None = field(default=None, metadata={
         "help": "orphanet_hypernym.json: the case's parents of <= 10 diseases are the judge's score-1 names; "
-                "unset = the judge gives 2 or 0 only"})
+                "unset = the rule reward's `hierarchy`, and without one the judge gives 2 or 0 only"})
     partial_reward: float | None = field(default=None, metadata={
-        "help": "reward level for a judge score of 1; unset = midway between the preset's wrong and correct levels"})
+        "help": "reward level for a judge score of 1; unset = the rule reward's `partial_credit` (default 0.3)"})
     concurrency: int = field(default=32, metadata={"help": "judge requests in flight at once"})
     timeout: float = field(default=10.0, metadata={"help": "seconds before one judge request is abandoned and retried"})
     max_retries: int = field(default=3, metadata={"help": "retries of a request after HTTP 429/5xx, timeouts, drops"})
@@ -119,11 +123,16 @@ def check_recipe(mapping: Mapping[str, Any], levels: reward.RewardConfig,
 
 
 def partial_level(config: JudgeRewardConfig, levels: reward.RewardConfig) -> float:
-    """Return the reward for a judge score of 1: strictly between the wrong and correct levels."""
-    value = (levels.wrong_reward + levels.correct_reward) / 2 if config.partial_reward is None else config.partial_reward
+    """Return the reward for a judge score of 1: `partial_reward`, else the rule reward's
+    `partial_credit` (one value for both rewards); strictly between the wrong and correct levels."""
+    inherited = config.partial_reward is None
+    value = levels.partial_credit if inherited else config.partial_reward
     if not levels.wrong_reward < value < levels.correct_reward:
-        raise ConfigError("judge_reward.partial_reward", f"{value} must lie strictly between the wrong level "
-                          f"({levels.wrong_reward}) and the correct level ({levels.correct_reward})")
+        # the rule reward checks its partial_credit only with a hierarchy, so name where the value came from
+        source = f"the rule reward's partial_credit {value}" if inherited else f"{value}"
+        raise ConfigError("judge_reward.partial_reward", f"{source} must lie strictly between the wrong level "
+                          f"({levels.wrong_reward}) and the correct level ({levels.correct_reward}); set "
+                          "judge_reward.partial_reward or the reward's partial_credit")
     return float(value)
 
 
@@ -213,8 +222,10 @@ class JudgeReward:
 
     def __init__(self, config: JudgeRewardConfig, levels: reward.RewardConfig | None = None,
                  grader_factory: Callable[[JudgeRewardConfig], Any] | None = None):
-        self.config = config
         self.levels = levels or reward.PRESETS["clinical"]
+        if config.orphanet is None and self.levels.hierarchy:  # the rule reward's parents are the judge's
+            config = dataclasses.replace(config, orphanet=self.levels.hierarchy)
+        self.config = config
         if self.levels.topk:
             raise ConfigError("judge_reward", "the judge reward grades one diagnosis per completion; "
                               "top-k reward mode (topk > 0) is not supported with it")

@@ -37,6 +37,7 @@ PROMPT = (
     "tags, then return the letter of the single best option in the <answer> </answer> tags. For example, "
     "<answer> B </answer>.\n\nQuestion: {question}\n\n{options}"
 )
+PROMPT_NAME = "mcq"  # what output lines record as the template (`generation.template`)
 
 
 @dataclass
@@ -252,26 +253,40 @@ def summarize_mcq(records: list[dict]) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from diagnosis_zero.evaluate import GenerationConfig, add_config_arguments
+    from diagnosis_zero.cli import add_dataclass_arguments
+    from diagnosis_zero.generation import GenerationConfig
 
-    add_config_arguments(parser, MCQConfig)
-    add_config_arguments(parser, GenerationConfig)
+    add_dataclass_arguments(parser, MCQConfig)
+    add_dataclass_arguments(parser, GenerationConfig)
 
 
 def run(args) -> int:
-    from diagnosis_zero.evaluate import GenerationConfig, config_from_args, generate_into, model_label
+    from diagnosis_zero.cli import dataclass_from_args
+    from diagnosis_zero.evaluate import describe_generation
+    from diagnosis_zero.generation import (
+        GenerationConfig,
+        generate_into,
+        model_label,
+        prompting_record,
+        resolve_decoding,
+    )
 
-    config = config_from_args(MCQConfig, args)
-    generation = config_from_args(GenerationConfig, args)
+    config = dataclass_from_args(MCQConfig, args)
+    # a training run's assistant prefix and length apply; its template does not (the questions have their own)
+    decoding, _ = resolve_decoding(dataclass_from_args(GenerationConfig, args), config.model)
+    used = prompting_record(decoding, PROMPT_NAME)
     questions = load_questions(config.benchmark, config.data)[:config.limit]
     by_id = {q.id: q for q in questions}
     model, step = model_label(config.model)
 
     def to_record(question_id: str, sample: int, prompt: list[dict], completion: str, num_tokens: int) -> dict:
-        return mcq_record(by_id[question_id], config.benchmark, sample, prompt, completion, num_tokens, model, step)
+        record = mcq_record(by_id[question_id], config.benchmark, sample, prompt, completion, num_tokens, model, step)
+        record["generation"] = used
+        return record
 
+    print(describe_generation(used))
     records = generate_into(config.output, config.model, [(q.id, question_prompt(q)) for q in questions],
-                            to_record, generation)
+                            to_record, decoding)
     summary = summarize_mcq(records)
     print(f"{config.benchmark}: accuracy {100 * summary['accuracy']:.1f}% on {summary['n']} answers "
           f"({summary['unparsed']} without a readable letter, counted wrong) -> {config.output}")

@@ -288,21 +288,16 @@ def load_model_and_tokenizer(spec: str, dtype=None, device: str | None = None, t
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model(spec)
-    adapter_config = Path(path) / "adapter_config.json"
+    from diagnosis_zero.generation import checkpoint_sources
+
+    path, base, tokenizer_source = checkpoint_sources(spec)
     if dtype is None:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if adapter_config.is_file():
+    model = AutoModelForCausalLM.from_pretrained(base or path, dtype=dtype, trust_remote_code=trust_remote_code)
+    if base is not None:
         from peft import PeftModel
 
-        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(base), dtype=dtype,
-                                                     trust_remote_code=trust_remote_code)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
-        tokenizer_source = path if (Path(path) / "tokenizer_config.json").is_file() else resolve_model(base)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        tokenizer_source = path
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
@@ -316,8 +311,12 @@ def load_model_and_tokenizer(spec: str, dtype=None, device: str | None = None, t
 
 
 def save_tiny_qwen2(output_dir, tokenizer_spec: str = DEFAULT_MODEL, hidden_size: int = 32,
-                    num_layers: int = 2, seed: int = 0) -> Path:
-    """Save a tiny random-init Qwen2 (a few MB) with a real tokenizer, for tests and benchmarks."""
+                    num_layers: int = 2, seed: int = 0, initializer_range: float = 0.02) -> Path:
+    """Save a tiny random-init Qwen2 (a few MB) with a real tokenizer, for tests and benchmarks.
+
+    At the default `initializer_range` greedy decoding repeats one token; 0.2 gives varied,
+    prompt-dependent text (tests that compare texts need that).
+    """
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -326,7 +325,7 @@ def save_tiny_qwen2(output_dir, tokenizer_spec: str = DEFAULT_MODEL, hidden_size
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=4096, tie_word_embeddings=True,
+        max_position_embeddings=4096, tie_word_embeddings=True, initializer_range=initializer_range,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

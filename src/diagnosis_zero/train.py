@@ -16,6 +16,7 @@ Every configuration error is raised by `plan_run`, before any model is loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -30,6 +31,7 @@ from typing import Any
 
 from diagnosis_zero import configs
 from diagnosis_zero.errors import ConfigError
+from diagnosis_zero.generation import VALIDATION_FILE, render_prompt
 from diagnosis_zero.io import append_jsonl, read_jsonl, write_text_atomic
 
 logger = logging.getLogger(__name__)
@@ -52,12 +54,13 @@ SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_se
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    # GRPOConfig fields arrive as unknown flags; argparse must not expand `--re` to `--resume`.
+    # Any other `--field VALUE` (a recipe or GRPOConfig field) arrives in `args.extra_args` and is
+    # parsed by TRL's own parser in `configs.split_fields`; argparse must not expand `--re` to `--resume`.
     parser.allow_abbrev = False
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = configs.describe_fields()
     parser.add_argument("--recipe", default=None,
-                        help=f"recipe name in {configs.RECIPES_DIR} (demo, qwen2.5-7b-instruct, ...) or a "
+                        help="recipe name (demo, qwen2.5-7b-instruct, qwen2.5-7b-instruct-original, ...) or a "
                         "YAML path (default: demo)")
     parser.add_argument("--model", default=None,
                         help="model: local HF folder, hub id or bundled:smollm2-135m-instruct")
@@ -70,14 +73,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    overrides = configs.parse_override_args(getattr(args, "extra_args", []) or [])
+    tokens = list(getattr(args, "extra_args", None) or [])
     for name in ("model", "data", "output_dir", "max_steps", "reward_preset"):
         value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = str(value)
-    plan = plan_run(args.recipe, overrides, resume=args.resume)
+        if value is not None:  # the named flags win over the same field given among the others
+            tokens.append(f"--{name}={value}")
+    plan = plan_run(args.recipe, tokens, resume=args.resume)
     summary = train(plan)
-    print(format_summary(summary))
+    if summary["main_process"]:  # one summary per run, not one per process
+        print(format_summary(summary))
     return 130 if summary["interrupted"] else 0
 
 
@@ -95,7 +99,7 @@ class TrainPlan:
     judge_config: Any = None  # judge_reward.JudgeRewardConfig when the recipe sets `judge_reward`
 
 
-def plan_run(recipe_spec: str | None, overrides: dict[str, str | None], *, resume: bool = False) -> TrainPlan:
+def plan_run(recipe_spec: str | None, overrides: configs.Overrides, *, resume: bool = False) -> TrainPlan:
     """Check the recipe, data, model spec, output dir and resume state; return what `train` needs.
 
     Raises ConfigError naming the field for anything that cannot work. Loads no model.
@@ -236,23 +240,49 @@ def previous_run_files(output_dir: Path) -> list[str]:
 # ---------------------------------------------------------------- data
 
 def prepared_data_dir(recipe: configs.RecipeConfig) -> Path:
-    """Return the data folder: `recipe.data`, or HPO demo cases prepared once into the cache."""
+    """Return the data folder: `recipe.data`, or `recipe.rarearena_file` / HPO demo cases prepared once
+    into the cache (the main process prepares, the others wait and read it)."""
     if recipe.data is not None:
         return Path(os.path.expanduser(recipe.data))
-    from diagnosis_zero import data, models
+    from diagnosis_zero import data, hpo_cases, models
 
     template = recipe.template or "r1-zero"
-    key = hashlib.sha256(data.resolve_template(template).encode()).hexdigest()[:10]
-    name = f"hpo-n{recipe.demo_cases}-s{recipe.demo_seed}-{key}"
-    if recipe.demo_distractors or recipe.demo_max_phenotypes != 12:
-        name += f"-p{recipe.demo_max_phenotypes}-d{recipe.demo_distractors}"
-    target = models.cache_dir() / "data" / name
-    if not (target / "train.parquet").is_file() or not (target / "test.parquet").is_file():
-        logger.info("preparing %d HPO demo cases in %s", recipe.demo_cases, target)
-        data.prepare_hpo(target, num_cases=recipe.demo_cases, seed=recipe.demo_seed, template=template,
-                         progress=False, max_phenotypes=recipe.demo_max_phenotypes,
-                         distractors=recipe.demo_distractors)
+    template_text = data.resolve_template(template)
+    if recipe.rarearena_file is not None:
+        source = Path(os.path.expanduser(recipe.rarearena_file)).resolve()
+        stat = source.stat()
+        # The key covers all that changes the prepared cases: the file, the prompt, the length filter.
+        key = hashlib.sha256(json.dumps([str(source), stat.st_size, stat.st_mtime_ns, template_text,
+                                         recipe.max_prompt_tokens, recipe.model]).encode()).hexdigest()[:10]
+        target = models.cache_dir() / "data" / f"rarearena-{source.stem}-{key}"
+    else:
+        # The key covers all that changes the cases: count, seed, prompt, generator and hpo3 versions.
+        target = models.cache_dir() / "data" / hpo_cases.cache_name(
+            recipe.demo_cases, recipe.demo_seed, template_text, max_phenotypes=recipe.demo_max_phenotypes,
+            distractors=recipe.demo_distractors)
+    with _main_process_first():
+        if not (target / "train.parquet").is_file() or not (target / "test.parquet").is_file():
+            if recipe.rarearena_file is not None:
+                logger.info("preparing %s in %s", source, target)
+                tokenizer = recipe.model if recipe.max_prompt_tokens is not None else None
+                summary = data.prepare_rarearena(source, target, template=template,
+                                                 max_prompt_tokens=recipe.max_prompt_tokens, tokenizer=tokenizer)
+                logger.info("prepared data:\n%s", summary.format())
+            else:
+                logger.info("preparing %d HPO demo cases in %s", recipe.demo_cases, target)
+                data.prepare_hpo(target, num_cases=recipe.demo_cases, seed=recipe.demo_seed, template=template,
+                                 progress=False, max_phenotypes=recipe.demo_max_phenotypes,
+                                 distractors=recipe.demo_distractors)
     return target
+
+
+def _main_process_first():
+    """Under accelerate/torchrun, let the main process prepare the data while the others wait."""
+    if configs.world_size() == 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().main_process_first()
 
 
 def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConfig) -> list[dict]:
@@ -266,10 +296,12 @@ def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConf
         if recipe.tools:
             from diagnosis_zero import tool_use
 
+            # The tool system message and the tools' schemas in the template (render_prompt has neither).
             case["prompt"] = tool_use.tool_prompt(case["prompt"])
-        text = tokenizer.apply_chat_template(case["prompt"], tokenize=False, add_generation_prompt=True,
-                                             tools=_tool_funcs(recipe) or None)
-        text += recipe.assistant_prefix
+            text = tokenizer.apply_chat_template(case["prompt"], tokenize=False, add_generation_prompt=True,
+                                                 tools=_tool_funcs(recipe)) + recipe.assistant_prefix
+        else:
+            text = render_prompt(tokenizer, case["prompt"], recipe.assistant_prefix)
         too_long = recipe.max_prompt_tokens is not None and \
             len(tokenizer(text, add_special_tokens=False)["input_ids"]) > recipe.max_prompt_tokens
         if too_long:
@@ -352,11 +384,12 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
     """Return the `val_*` metrics of greedy decoding on `cases` with the current policy.
 
     Cases are split over the processes; each generates in batches sorted by prompt length (little
-    padding), with TRL's vLLM engine when `use_vllm` is on, else with `generate(do_sample=False)`.
+    padding), with TRL's vLLM engine when `use_vllm` is on, else with `generation.hf_generate_ids`,
+    the decoding every verb uses. The completions go to `validation.jsonl` in the run folder.
     """
     from accelerate.utils import gather_object
 
-    from diagnosis_zero import reward
+    from diagnosis_zero import generation, reward
 
     accelerator = trainer.accelerator
     tokenizer = trainer.processing_class
@@ -372,6 +405,7 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
     else:
         completion_ids = _greedy_hf(trainer, prompt_ids, max_new_tokens, recipe.validation_batch_size)
     if tool_usage is None:
+        completion_ids = [generation.without_eos(ids, trainer.eos_token_ids) for ids in completion_ids]
         texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         tool_usage = [0] * len(mine)
     local = [(i, recipe.assistant_prefix + text, len(ids), calls)
@@ -384,6 +418,11 @@ def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_co
     results = reward.score_batch(completions, reward_config,
                                  reward_model=[c["reward_model"] for c in cases],
                                  extra_info=[c["extra_info"] for c in cases])
+    step = trainer.state.global_step
+    with open(Path(trainer.args.output_dir) / generation.VALIDATION_FILE, "a", encoding="utf-8") as fh:
+        append_jsonl(fh, [{"step": step, "id": c["extra_info"].get("id"), "completion": completions[i],
+                           "num_tokens": by_index[i][1], "score": r["score"]}
+                          for i, (c, r) in enumerate(zip(cases, results, strict=True))])
     n = len(results)
     tool_metrics = {}
     if recipe.tools:
@@ -437,23 +476,15 @@ def _validate_with_tools(trainer, cases: list[dict], recipe: configs.RecipeConfi
 
 
 def _rendered(tokenizer, case: dict) -> str:
-    if isinstance(case["prompt"], str):
-        return case["prompt"]
-    return tokenizer.apply_chat_template(case["prompt"], tokenize=False, add_generation_prompt=True)
+    return render_prompt(tokenizer, case["prompt"])  # a prefilled turn is rendered already (load_split)
 
 
 def _greedy_hf(trainer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
     import torch
-    from transformers import GenerationConfig
     from trl.models.utils import unwrap_model_for_generation
 
-    pad_id = trainer.processing_class.pad_token_id
-    eos_ids = list(trainer.eos_token_ids)
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                              eos_token_id=eos_ids)
-    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    results: list[list[int]] = [[] for _ in prompt_ids]
-    device = trainer.accelerator.device
+    from diagnosis_zero.generation import hf_generate_ids
+
     with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                      gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                                      gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs
@@ -461,25 +492,13 @@ def _greedy_hf(trainer, prompt_ids: list[list[int]], max_new_tokens: int, batch_
         was_training = model.training
         model.eval()  # no dropout: greedy decoding is then deterministic
         try:
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
-                width = max(len(prompt_ids[i]) for i in batch)
-                input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    ids = prompt_ids[i]
-                    input_ids[row, width - len(ids):] = torch.tensor(ids)
-                    attention_mask[row, width - len(ids):] = 1
-                output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                                        generation_config=config)
-                for row, i in enumerate(batch):
-                    ids = output[row, width:].tolist()
-                    end = next((k for k, t in enumerate(ids) if t in eos_ids), len(ids))
-                    results[i] = ids[:end]
+            samples = hf_generate_ids(model, prompt_ids, pad_id=trainer.processing_class.pad_token_id,
+                                      eos_ids=list(trainer.eos_token_ids), max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size)
         finally:
             if was_training:
                 model.train()
-    return results
+    return [ids for [ids] in samples]
 
 
 def _greedy_vllm(trainer, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
@@ -498,6 +517,52 @@ def _greedy_vllm(trainer, prompt_ids: list[list[int]], max_new_tokens: int) -> l
         for name, value in saved.items():
             setattr(generation, name, value)
     return [list(ids) for ids in completion_ids]
+
+
+# ---------------------------------------------------------------- the run's own prompting
+
+def run_file(plan: TrainPlan) -> dict:
+    """Return the run's resolved recipe and prompting, as saved in the run folder and each checkpoint.
+
+    `prompting` is what `evaluate`, `browse`, `diagnose` and `evaluate-mcq` default to for this run
+    (docs/formats.md): the template of the demo data (None when `prepare` built the prompts), the
+    assistant prefix, and validation's generation length.
+    """
+    from diagnosis_zero import __version__
+
+    recipe, args = plan.recipe, plan.args
+    template = None if recipe.data is not None else (recipe.template or "r1-zero")
+    grpo = {name: getattr(args, name) for name in
+            ("max_completion_length", "temperature", "top_p", "top_k", "repetition_penalty", "num_generations",
+             "max_steps", "learning_rate", "beta", "use_vllm", "output_dir")}
+    return {
+        "diagnosis_zero": __version__, "recipe_path": str(plan.recipe_path),
+        "recipe": dataclasses.asdict(recipe), "grpo": grpo,
+        "prompting": {"model": recipe.model, "template": template, "assistant_prefix": recipe.assistant_prefix,
+                      "max_new_tokens": recipe.validation_max_tokens or args.max_completion_length,
+                      "temperature": 0.0},
+    }
+
+
+def _make_run_file_callback(plan: TrainPlan):
+    """Return a callback writing the run file into the run folder now and into each checkpoint it saves."""
+    from transformers import TrainerCallback
+
+    from diagnosis_zero.generation import RUN_FILE
+
+    text = json.dumps(run_file(plan), indent=2, ensure_ascii=False, default=str) + "\n"
+
+    class RunFileCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                write_text_atomic(plan.output_dir / RUN_FILE, text)
+
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and checkpoint.is_dir():
+                write_text_atomic(checkpoint / RUN_FILE, text)
+
+    return RunFileCallback()
 
 
 # ---------------------------------------------------------------- logs
@@ -697,6 +762,7 @@ class RunState:
 def train(plan: TrainPlan) -> dict:
     """Run GRPO for `plan`; return the summary that `format_summary` prints."""
     import torch
+    from accelerate import PartialState
     from peft import LoraConfig
     from trl import GRPOTrainer
 
@@ -705,6 +771,11 @@ def train(plan: TrainPlan) -> dict:
     recipe, args = plan.recipe, plan.args
     output_dir = plan.output_dir
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Under torchrun/accelerate every process runs this; only the main one writes the logs, and it
+    # builds the shared caches (demo data, converted bundled model) before the others read them.
+    state = PartialState()
+    if plan.device == "cpu" and state.num_processes > 1:
+        _load_indexed_cpu_locations(torch)
     # Data first: a problem with it shows before the (possibly slow) model conversion and loading.
     try:
         tokenizer = models.load_tokenizer(recipe.model, trust_remote_code=args.trust_remote_code)
@@ -717,21 +788,23 @@ def train(plan: TrainPlan) -> dict:
             tools.configure(orphanet=[os.path.expanduser(p) for p in recipe.orphanet])
         logger.info("tools %s with the %s chat template", ", ".join(recipe.tools),
                     tool_use.ensure_tool_template(tokenizer))
-    data_dir = prepared_data_dir(recipe)
+    with state.main_process_first():
+        data_dir = prepared_data_dir(recipe)
     train_rows = load_split(data_dir, "train", tokenizer, recipe)
     val_cases = []
     if recipe.validation_steps:
         val_cases = load_split(data_dir, "test", tokenizer, recipe)[:recipe.validation_max_cases]
 
-    if plan.resume_from is not None:
+    rows: list[dict] = []
+    if plan.resume_from is not None and state.is_main_process:
         step = json.loads((plan.resume_from / "trainer_state.json").read_text())["global_step"]
         rows = truncate_log(output_dir / METRICS_FILE, step)
         truncate_log(output_dir / COMPLETIONS_FILE, step)
+        truncate_log(output_dir / VALIDATION_FILE, step)
         logger.info("resuming from %s (step %d)", plan.resume_from, step)
-    else:
-        rows = []
     run = RunState(plan, val_cases, rows)
-    model_path = models.resolve_model(recipe.model)
+    with state.main_process_first():
+        model_path = models.resolve_model(recipe.model)
 
     from datasets import Dataset
 
@@ -753,8 +826,8 @@ def train(plan: TrainPlan) -> dict:
                                  task_type="CAUSAL_LM")
     callback = _make_callback(run)
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
-                          processing_class=tokenizer, peft_config=peft_config, callbacks=[callback],
-                          tools=_tool_funcs(recipe) or None)
+                          processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=[_make_run_file_callback(plan), callback], tools=_tool_funcs(recipe) or None)
     run.trainer = trainer
     _log_names_first(trainer, callback)
     _quiet_progress(trainer)
@@ -775,7 +848,7 @@ def train(plan: TrainPlan) -> dict:
         "logging_dir": (os.environ.get("TENSORBOARD_LOGGING_DIR") or str(output_dir / "runs"))
         if "tensorboard" in (args.report_to or []) else None,
         "completions": str(output_dir / COMPLETIONS_FILE) if (output_dir / COMPLETIONS_FILE).is_file() else None,
-        "global_step": trainer.state.global_step,
+        "global_step": trainer.state.global_step, "main_process": state.is_main_process,
     }
 
 
@@ -792,6 +865,20 @@ def _tool_reward_funcs(reward_funcs, weights, plan: TrainPlan):
     return tool_use.make_tool_reward_funcs(reward_funcs, weights, free_tool_calls=recipe.free_tool_calls,
                                            tool_call_cost=recipe.tool_call_cost,
                                            tool_format_penalty=recipe.tool_format_penalty, score=accuracies)
+
+
+def _load_indexed_cpu_locations(torch) -> None:
+    """Let torch.load map to "cpu:N". On several CPU processes accelerate's device is torch.device("cpu", 0)
+    and transformers loads the optimizer state with that map_location on resume, which torch rejects
+    ("don't know how to restore data location ... cpu:0"); CPU memory has no index, so it is the CPU."""
+    if getattr(_load_indexed_cpu_locations, "done", False):
+        return
+
+    def deserialize(storage, location: str):
+        return storage if location.startswith("cpu:") else None
+
+    torch.serialization.register_package(30, lambda storage: None, deserialize)
+    _load_indexed_cpu_locations.done = True
 
 
 def _log_names_first(trainer, callback) -> None:
