@@ -22,7 +22,7 @@ TINY_TOOLS = ["--max-completion-length", "600", "--num-generations", "4", "--pro
               "--per-device-train-batch-size", "8", "--use-peft", "false", "--demo-cases", "20",
               "--validation-max-cases", "2", "--validation-steps", "2", "--validation-max-tokens", "24",
               "--completions-log-steps", "1", "--completions-log-count", "4", "--report-to", "none",
-              "--learning-rate", "1e-4", "--temperature", "0.7", "--tools", "search_by_phenotypes,disease_info",
+              "--learning-rate", "1e-4", "--temperature", "0.7", "--tools", "search_by_phenotypes", "disease_info",
               "--max-tool-calls", "2", "--tool-call-cost", "0.05", "--free-tool-calls", "0",
               "--tool-format-penalty", "0.1", "--assistant-prefix", "", "--template", "{case}\n" + INSTRUCTION,
               "--max-prompt-tokens", "2048"]
