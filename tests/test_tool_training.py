@@ -80,7 +80,7 @@ def test_tool_recipe_checks_fail_before_model_loading(tmp_path):
         return train.plan_run(None, overrides)
 
     with pytest.raises(configs.ConfigError, match="unknown tool 'google'"):
-        plan(tools="search_by_phenotypes,google")
+        plan(tools=["search_by_phenotypes", "google"])
     with pytest.raises(configs.ConfigError, match="assistant_prefix"):
         plan(tools="disease_info", assistant_prefix="<think>")
     with pytest.raises(configs.ConfigError, match="max_tool_calls"):
