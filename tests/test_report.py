@@ -293,3 +293,27 @@ def test_a_health_flag_that_ended_reads_in_the_past_with_its_steps(tmp_path):
     page = (build_report([run_dir], [], tmp_path / "out") / "report.html").read_text()
     assert "<b>kl_blowup</b> at steps 10-23 (<code>kl</code>)" in page
     assert "the policy was running away from its reference; it cleared after step 23" in page
+
+
+def test_tool_use_figure_only_for_runs_that_used_tools(tmp_path):
+    """A run trained with `tools:` logs tool_* series; the report draws them, and only then."""
+    run = tmp_path / "tools-run"
+    shutil.copytree(RUN_15B, run)
+    rows = metrics_by_hand(run / "metrics.jsonl")
+    for row in rows:
+        if row["step"] >= 1:
+            row.update(tool_use_rate=min(1.0, row["step"] / 40), tool_calls_per_completion=row["step"] / 20,
+                       tool_error_rate=0.1, accuracy_with_tools=0.2, accuracy_without_tools=0.05)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plain = tmp_path / "plain"
+    build_report([RUN_15B], [], plain)
+    assert not (plain / "plots" / "tool_use.png").exists()
+    out = tmp_path / "with-tools"
+    build_report([run], [], out)
+    assert (out / "plots" / "tool_use.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "plot_data.json").read_text())
+    label = next(iter(data["tool_use"]["tool_use_rate"]))
+    expected = [(r["step"], r["tool_use_rate"]) for r in rows if "tool_use_rate" in r]
+    drawn = data["tool_use"]["tool_use_rate"][label]
+    assert list(zip(drawn["step"], drawn["value"], strict=True)) == expected
+    assert "Tool use vs step" in (out / "report.html").read_text()

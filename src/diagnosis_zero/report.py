@@ -33,7 +33,7 @@ from pathlib import Path
 from diagnosis_zero import cli
 from diagnosis_zero.errors import ConfigError, DiagnosisZeroError
 from diagnosis_zero.io import find_results, read_jsonl, write_text_atomic
-from diagnosis_zero.report_figures import FIGURES, plot_figures, save_figure, series, smooth
+from diagnosis_zero.report_figures import ALL_FIGURES, FIGURES, plot_figures, save_figure, series, smooth
 from diagnosis_zero.report_tables import (
     ResultStep,
     Table,
@@ -348,7 +348,7 @@ def render_html(runs: list[Run], results_used: bool, tables: list[Table], pngs: 
         parts.append("<h2>Plots</h2>")
         for name, png in pngs.items():
             data = base64.b64encode(png).decode("ascii")
-            parts.append(f"<img alt='{esc(FIGURES[name][0])}' src='data:image/png;base64,{data}'>")
+            parts.append(f"<img alt='{esc(ALL_FIGURES[name][0])}' src='data:image/png;base64,{data}'>")
     parts.append("<h2>Tables</h2>")
     parts += [table_html(t) for t in tables]
     parts.append("<h2 id='missing'>Missing, in progress and corrupt</h2>")
@@ -374,7 +374,7 @@ def render_markdown(runs: list[Run], tables: list[Table], flags: dict[str, list]
         # "<think>" in a message would be read as an HTML tag by Markdown renderers
         lines += ([f"- **{label}**: {str(f).replace('<', '&lt;')}" for f in run_flags]
                   or [f"- **{label}**: no health flags"])
-    lines += ["", "## Plots", ""] + [f"![{FIGURES[n][0]}](plots/{n}.png)" for n in plot_names]
+    lines += ["", "## Plots", ""] + [f"![{ALL_FIGURES[n][0]}](plots/{n}.png)" for n in plot_names]
     lines += ["", "## Tables", ""] + [table_markdown(t) for t in tables]
     lines += ["## Missing, in progress and corrupt", ""]
     lines += ([f"- missing: {p}" for p in problems.missing] + [f"- in progress: {p}" for p in problems.in_progress]

@@ -31,6 +31,25 @@ FIGURES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
         ("kl", "KL to the reference model", "nats per token"),
         ("entropy", "Entropy", "nats per token")]),
 }
+# Drawn only when some run logged one of its keys (runs trained with `tools:`; docs/formats.md).
+OPTIONAL_FIGURES: dict[str, tuple[str, list[tuple[str, str, str]]]] = {
+    "tool_use": ("Tool use vs step", [
+        ("tool_use_rate", "Completions that called a tool", "fraction of completions"),
+        ("tool_calls_per_completion", "Tool calls per completion", "calls"),
+        ("tool_error_rate", "Tool error rate", "failed results / calls"),
+        ("accuracy_with_tools", "Accuracy of completions that used a tool", "fraction of completions"),
+        ("accuracy_without_tools", "Accuracy of completions that did not", "fraction of completions")]),
+}
+ALL_FIGURES = {**FIGURES, **OPTIONAL_FIGURES}
+
+
+def figures_for(runs: list[Run]) -> dict[str, tuple[str, list[tuple[str, str, str]]]]:
+    """Return the figures to draw: every standard one, plus each optional one some run has data for."""
+    chosen = dict(FIGURES)
+    for name, (title, panels) in OPTIONAL_FIGURES.items():
+        if any(series(run_.rows, key)[0] for run_ in runs for key, _, _ in panels):
+            chosen[name] = (title, panels)
+    return chosen
 
 
 def series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -67,7 +86,7 @@ def plot_figures(runs: list[Run], smoothing: float = 0.02):
 
     colors = matplotlib.colormaps["tab10"].colors
     figures, plot_data = {}, {}
-    for name, (title, panels) in FIGURES.items():
+    for name, (title, panels) in figures_for(runs).items():
         cols = 2 if len(panels) > 1 else 1
         nrows = math.ceil(len(panels) / cols)
         fig = Figure(figsize=(6.4 * cols, 3.9 * nrows + 0.5), layout="constrained")
