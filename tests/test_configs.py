@@ -203,10 +203,10 @@ def test_recipe_lookup_by_name_and_path(tmp_path):
 
 
 def test_every_shipped_recipe_is_listed():
-    assert set(configs.recipe_names()) == {"demo", *QWEN_RECIPES, *ORIGINAL_RECIPES}
+    assert set(configs.recipe_names()) == {"demo", "demo-tools", *QWEN_RECIPES, *ORIGINAL_RECIPES}
 
 
-@pytest.mark.parametrize("name", ["demo", *QWEN_RECIPES, *ORIGINAL_RECIPES])
+@pytest.mark.parametrize("name", ["demo", "demo-tools", *QWEN_RECIPES, *ORIGINAL_RECIPES])
 def test_shipped_recipes_parse(name):
     mapping, path = configs.load_recipe(name)
     # the -original recipes read RDC.json from the working folder: point them at a fixture
@@ -305,6 +305,22 @@ def test_accelerate_configs_are_valid_yaml(path):
 def test_accelerate_configs_cover_ddp_zero2_zero3_multinode():
     names = {p.stem for p in (REPO / "recipes" / "accelerate").glob("*.yaml")}
     assert {"ddp", "zero2", "zero3", "multi_node"} <= names
+
+
+def test_tool_fields_parse_from_the_recipe_and_the_command_line():
+    mapping, path = configs.load_recipe("demo-tools")
+    recipe, _ = configs.split_fields(mapping, [], str(path))
+    assert (recipe.tools, recipe.max_tool_calls, recipe.free_tool_calls) == (
+        ["search_by_phenotypes", "disease_info"], 2, 2)
+    assert (recipe.tool_call_cost, recipe.tool_format_penalty) == (0.02, 0.05)
+    assert (recipe.demo_max_phenotypes, recipe.demo_distractors, recipe.orphanet) == (8, 3, [])
+    overrides = ["--tools", "disease_info", "--max-tool-calls", "3", "--free-tool-calls", "0",
+                 "--tool-call-cost", "0.1", "--tool-format-penalty", "0.2", "--orphanet", str(RDC_FIXTURE),
+                 "--demo-max-phenotypes", "5", "--demo-distractors", "1"]
+    recipe, _ = configs.split_fields(mapping, overrides, str(path))
+    assert (recipe.tools, recipe.max_tool_calls, recipe.free_tool_calls) == (["disease_info"], 3, 0)
+    assert (recipe.tool_call_cost, recipe.tool_format_penalty) == (0.1, 0.2)
+    assert (recipe.orphanet, recipe.demo_max_phenotypes, recipe.demo_distractors) == ([str(RDC_FIXTURE)], 5, 1)
 
 
 def test_help_lists_recipe_fields():

@@ -96,6 +96,26 @@ class RecipeConfig:
         "help": "append a sample of completions to completions.jsonl every N steps (and at step 1); 0 = off"})
     completions_log_count: int = field(default=4, metadata={
         "help": "completions per sample in completions.jsonl"})
+    demo_distractors: int = field(default=0, metadata={
+        "help": "HPO demo cases: unrelated findings (phenotypes of other diseases) added to each vignette, so "
+                "that a phenotype search over the same annotations cannot simply look the case up"})
+    demo_max_phenotypes: int = field(default=12, metadata={
+        "help": "HPO demo cases: at most this many of the disease's own phenotypes per vignette (5-12 sampled)"})
+    tools: list[str] = field(default_factory=list, metadata={
+        "help": "tools the policy may call during rollouts (TRL GRPOTrainer tools=): search_by_phenotypes, "
+                "disease_info (diagnosis_zero.tools); empty = no tools"})
+    max_tool_calls: int | None = field(default=None, metadata={
+        "help": "with tools: at most this many tool-calling turns per completion (TRL's "
+                "max_tool_calling_iterations; a turn may hold several calls); null = until the length limit"})
+    free_tool_calls: int = field(default=2, metadata={
+        "help": "with tools: calls per completion that cost nothing under tool_call_cost"})
+    tool_call_cost: float = field(default=0.0, metadata={
+        "help": "with tools: reward subtracted per call beyond free_tool_calls (0 = no shaping)"})
+    tool_format_penalty: float = field(default=0.0, metadata={
+        "help": "with tools: reward subtracted per malformed <tool_call> (0 = no shaping)"})
+    orphanet: list[str] = field(default_factory=list, metadata={
+        "help": "with tools: Orphanet files the tools read: en_product1.xml (synonyms) and/or "
+                "orphanet_hypernym.json (parents); see diagnosis_zero.tools.configure"})
 
 
 # Our defaults for GRPOConfig fields (a recipe or the command line overrides them).
@@ -379,6 +399,29 @@ def check_recipe(recipe: RecipeConfig) -> None:
                           "folder from `diagnosis-zero prepare`)")
     if not 0.0 <= recipe.lora_dropout < 1.0:
         raise ConfigError("lora_dropout", f"must be in [0, 1), got {recipe.lora_dropout}")
+    if recipe.demo_distractors < 0 or recipe.demo_max_phenotypes < 1:
+        bad = "demo_distractors" if recipe.demo_distractors < 0 else "demo_max_phenotypes"
+        raise ConfigError(bad, f"out of range: {getattr(recipe, bad)}")
+    _check_tools(recipe)
+
+
+def _check_tools(recipe: RecipeConfig) -> None:
+    from diagnosis_zero.tools import TOOLS
+
+    for name in recipe.tools:
+        if name not in TOOLS:
+            raise ConfigError("tools", f"unknown tool {name!r}; available: {', '.join(TOOLS)}")
+    if recipe.max_tool_calls is not None and recipe.max_tool_calls < 1:
+        raise ConfigError("max_tool_calls", f"must be at least 1 or null, got {recipe.max_tool_calls}")
+    for name in ("free_tool_calls", "tool_call_cost", "tool_format_penalty"):
+        if getattr(recipe, name) < 0:
+            raise ConfigError(name, f"must be 0 or more, got {getattr(recipe, name)}")
+    if recipe.tools and recipe.assistant_prefix:
+        raise ConfigError("assistant_prefix", "cannot be used with tools: TRL runs tool calls on chat prompts, "
+                          "which cannot prefill the assistant turn; set assistant_prefix to ''")
+    for path in recipe.orphanet:
+        if not os.path.isfile(os.path.expanduser(path)):
+            raise ConfigError("orphanet", f"file not found: {path}")
 
 
 def world_size() -> int:

@@ -521,12 +521,16 @@ def prepare_rarearena(input_path, output_dir, *, template: str = "r1-zero", spli
 
 def prepare_hpo(output_dir, *, num_cases: int, seed: int = 0, template: str = "r1-zero",
                 split_ratio: float = 0.7, shuffle: bool = False, group_by_disease: bool = False,
-                max_prompt_tokens: int | None = None, tokenizer=None, progress: bool = True) -> PrepareSummary:
+                max_prompt_tokens: int | None = None, tokenizer=None, progress: bool = True,
+                max_phenotypes: int = 12, distractors: int = 0) -> PrepareSummary:
     """Write HPO demo cases (`hpo_cases`) as `train.parquet`/`test.parquet`, data_source "hpo_demo"."""
     from diagnosis_zero.hpo_cases import hpo_cases
 
-    records = hpo_cases(num_cases, seed)
-    return _prepare(enumerate(records, start=1), f"hpo:num_cases={num_cases},seed={seed}", output_dir,
+    records = hpo_cases(num_cases, seed, max_phenotypes=max_phenotypes, distractors=distractors)
+    source = f"hpo:num_cases={num_cases},seed={seed}"
+    if max_phenotypes != 12 or distractors:
+        source += f",max_phenotypes={max_phenotypes},distractors={distractors}"
+    return _prepare(enumerate(records, start=1), source, output_dir,
                     data_source=DATA_SOURCE_HPO, template=template, split_ratio=split_ratio, shuffle=shuffle,
                     seed=seed, group_by_disease=group_by_disease, max_prompt_tokens=max_prompt_tokens,
                     tokenizer=tokenizer, skip_invalid=False, progress=progress and num_cases >= 20_000)

@@ -92,13 +92,25 @@ def _join(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def _vignette(disease: dict, rng: random.Random) -> tuple[str, list, str]:
-    """Return `(case_report, age, sex)` for one demo patient with this disease."""
+def _vignette(disease: dict, rng: random.Random, *, max_phenotypes: int = 12, distractors: int = 0,
+              others: list[dict] = ()) -> tuple[str, list, str]:
+    """Return `(case_report, age, sex)` for one demo patient with this disease.
+
+    `distractors` findings are drawn from `others` (other diseases), never one of this disease's own.
+    """
     phenotypes = disease["phenotypes"]
     sexes = {sex for _, _, sex in phenotypes if sex}
     sex = rng.choice("MF") if len(sexes) != 1 else sexes.pop()
     phenotypes = [p for p in phenotypes if p[2] in ("", sex)]
-    sample = rng.sample(phenotypes, min(len(phenotypes), rng.randint(5, 12)))
+    sample = rng.sample(phenotypes, min(len(phenotypes), rng.randint(5, 12), max_phenotypes))
+    own = {name for name, _, _ in disease["phenotypes"]}
+    for _ in range(distractors if others else 0):
+        for _attempt in range(20):  # a few diseases share most phenotypes: retry, then give up on this one
+            name, system, other_sex = rng.choice(rng.choice(others)["phenotypes"])
+            if name not in own and other_sex in ("", sex):
+                sample.insert(rng.randint(0, len(sample)), (name, system, other_sex))
+                own.add(name)
+                break
     names = [name.lower() for name, _, _ in sample]
     if any("infan" in name or "neonat" in name or "congenital" in name for name in names):
         weight, unit, low, high = AGE_BANDS[0]
@@ -119,13 +131,14 @@ def _vignette(disease: dict, rng: random.Random) -> tuple[str, list, str]:
     return "\n".join(lines), [[value, unit]], sex
 
 
-def hpo_cases(num_cases: int, seed: int) -> list[dict]:
+def hpo_cases(num_cases: int, seed: int, *, max_phenotypes: int = 12, distractors: int = 0) -> list[dict]:
     """Return `num_cases` RareArena-like records of phenotype vignettes built from HPO's Orphanet annotations.
 
-    Each has an age and sex line and a sample of 5-12 of the disease's phenotypes, in sentences by
-    organ system; `diagnosis`/`Orpha_name` is the Orphanet name and `Orpha_id` its code. The same
-    seed gives the same cases, and the first k cases do not depend on `num_cases`. Diseases are
-    visited in a seeded random order and reused (with new samples) once all have been used.
+    Each has an age and sex line and a sample of 5-12 (at most `max_phenotypes`) of the disease's
+    phenotypes, plus `distractors` phenotypes of other diseases, in sentences by organ system;
+    `diagnosis`/`Orpha_name` is the Orphanet name and `Orpha_id` its code. The same seed gives the
+    same cases, and the first k cases do not depend on `num_cases`. Diseases are visited in a seeded
+    random order and reused (with new samples) once all have been used.
     """
     if num_cases <= 0:
         raise ConfigError("num_cases", f"must be a positive number, got {num_cases}")
@@ -134,7 +147,8 @@ def hpo_cases(num_cases: int, seed: int) -> list[dict]:
     records = []
     for i in range(num_cases):
         disease = diseases[i % len(diseases)]
-        report, age, sex = _vignette(disease, random.Random(f"{seed}:{i}"))
+        report, age, sex = _vignette(disease, random.Random(f"{seed}:{i}"), max_phenotypes=max_phenotypes,
+                                     distractors=distractors, others=diseases)
         records.append({"_id": f"hpo-{seed}-{i:05d}", "case_report": report, "diagnosis": disease["name"],
                         "Orpha_name": disease["name"], "Orpha_id": disease["orpha_id"], "age": age,
                         "gender": sex})
@@ -147,8 +161,11 @@ def cases_version() -> str:
     return f"hpo-cases-{HPO_CASES_VERSION}+hpo3-{importlib.metadata.version('hpo3')}"
 
 
-def cache_name(num_cases: int, seed: int, template_text: str) -> str:
+def cache_name(num_cases: int, seed: int, template_text: str, *, max_phenotypes: int = 12,
+               distractors: int = 0) -> str:
     """Return the folder name of prepared demo data: the case count, the seed, and a hash of the
-    prompt template and `cases_version()`, so that a change to any of them prepares new data."""
-    key = hashlib.sha256(f"{cases_version()}\n{template_text}".encode()).hexdigest()[:10]
+    prompt template, `cases_version()` and the phenotype options, so that a change to any of them
+    prepares new data (the default options hash as before, keeping existing caches)."""
+    options = "" if (max_phenotypes, distractors) == (12, 0) else f"\n{max_phenotypes},{distractors}"
+    key = hashlib.sha256(f"{cases_version()}\n{template_text}{options}".encode()).hexdigest()[:10]
     return f"hpo-n{num_cases}-s{seed}-{key}"

@@ -2,15 +2,17 @@
 
 One step: TRL samples `num_generations` completions for each prompt, our reward functions score them
 (`reward.make_trl_reward_funcs`), TRL turns rewards into group-normalised advantages and makes one
-optimizer update. Around TRL's loop one callback adds what the project needs:
+optimizer update. Around TRL's loop one callback adds what the project needs (`train_callbacks`):
 
 - `metrics.jsonl`: one line per logged step (docs/formats.md), never a duplicate step on resume;
-- greedy validation on the test split at step 0 and every `validation_steps` steps;
+- greedy validation on the test split at step 0 and every `validation_steps` steps (`train_validation`);
 - a sample of completions in `completions.jsonl`; live training-health warnings;
 - Ctrl-C: finish the current step, save a checkpoint, exit cleanly; `--resume` continues from the
   last complete checkpoint (also after `kill -9`) with the same data order and RNG state.
 
-Every configuration error is raised by `plan_run`, before any model is loaded.
+With `tools` in the recipe, TRL runs the model's tool calls during rollouts (`train_tools`).
+Here: planning (`plan_run`), the data, the reward functions, `train` and its summary. Every
+configuration error is raised by `plan_run`, before any model is loaded.
 """
 
 from __future__ import annotations
@@ -21,36 +23,33 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
-from diagnosis_zero import configs
+from diagnosis_zero import configs, train_tools
 from diagnosis_zero.errors import ConfigError
 from diagnosis_zero.generation import VALIDATION_FILE, render_prompt
-from diagnosis_zero.io import append_jsonl, read_jsonl, write_text_atomic
+from diagnosis_zero.train_callbacks import (  # noqa: F401 (METRIC_NAMES, SUMMARY_KEYS, metrics_row: train's API)
+    COMPLETIONS_FILE,
+    METRIC_NAMES,
+    METRICS_FILE,
+    SUMMARY_KEYS,
+    RunState,
+    log_names_first,
+    make_callback,
+    make_run_file_callback,
+    metrics_row,
+    quiet_progress,
+    truncate_log,
+)
 
 logger = logging.getLogger(__name__)
 
 ACCEPTS_EXTRA_ARGS = True
-METRICS_FILE = "metrics.jsonl"
-COMPLETIONS_FILE = "completions.jsonl"
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-# TRL log key -> metrics.jsonl key (docs/formats.md); other finite numbers keep TRL's names. The
-# callback renames TRL's logs in place before the reporting integrations see them, so TensorBoard
-# (as `train/KEY`), W&B and the others show metrics.jsonl's names too.
-METRIC_NAMES = {
-    "reward": "reward_mean",
-    "completions/mean_length": "completion_length_mean",
-    "completions/clipped_ratio": "clipped_ratio",
-}
-# Keys of TRL's end-of-training summary, which is not a step.
-SUMMARY_KEYS = {"train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -166,6 +165,8 @@ def plan_run(recipe_spec: str | None, overrides: configs.Overrides, *, resume: b
             raise ConfigError("use_vllm", "vLLM is not installed: pip install 'diagnosis-zero[vllm]', "
                               "or pass --use-vllm false")
     _check_report_to(grpo_kwargs.get("report_to"))
+    if recipe.tools and recipe.max_tool_calls is not None:
+        grpo_kwargs["max_tool_calling_iterations"] = recipe.max_tool_calls
     configs.derive_batch(recipe, grpo_kwargs, configs.world_size())
     grpo_args = _grpo_config(grpo_kwargs)
     return TrainPlan(recipe=recipe, args=grpo_args, recipe_path=recipe_path, output_dir=output_dir,
@@ -255,8 +256,9 @@ def prepared_data_dir(recipe: configs.RecipeConfig) -> Path:
         target = models.cache_dir() / "data" / f"rarearena-{source.stem}-{key}"
     else:
         # The key covers all that changes the cases: count, seed, prompt, generator and hpo3 versions.
-        target = models.cache_dir() / "data" / hpo_cases.cache_name(recipe.demo_cases, recipe.demo_seed,
-                                                                     template_text)
+        target = models.cache_dir() / "data" / hpo_cases.cache_name(
+            recipe.demo_cases, recipe.demo_seed, template_text, max_phenotypes=recipe.demo_max_phenotypes,
+            distractors=recipe.demo_distractors)
     with _main_process_first():
         if not (target / "train.parquet").is_file() or not (target / "test.parquet").is_file():
             if recipe.rarearena_file is not None:
@@ -268,7 +270,8 @@ def prepared_data_dir(recipe: configs.RecipeConfig) -> Path:
             else:
                 logger.info("preparing %d HPO demo cases in %s", recipe.demo_cases, target)
                 data.prepare_hpo(target, num_cases=recipe.demo_cases, seed=recipe.demo_seed, template=template,
-                                 progress=False)
+                                 progress=False, max_phenotypes=recipe.demo_max_phenotypes,
+                                 distractors=recipe.demo_distractors)
     return target
 
 
@@ -289,7 +292,10 @@ def load_split(data_dir: Path, split: str, tokenizer, recipe: configs.RecipeConf
     rows = []
     dropped = 0
     for case in data.load_cases(data_dir / f"{split}.parquet"):
-        text = render_prompt(tokenizer, case["prompt"], recipe.assistant_prefix)
+        if recipe.tools:
+            case["prompt"], text = train_tools.render_tool_prompt(tokenizer, case["prompt"], recipe)
+        else:
+            text = render_prompt(tokenizer, case["prompt"], recipe.assistant_prefix)
         too_long = recipe.max_prompt_tokens is not None and \
             len(tokenizer(text, add_special_tokens=False)["input_ids"]) > recipe.max_prompt_tokens
         if too_long:
@@ -360,342 +366,13 @@ def _prefixed(completion, prefix: str):
     return messages
 
 
-def completion_text(completion) -> str:
-    if isinstance(completion, str):
-        return completion
-    return "".join(m.get("content") or "" for m in completion)
-
-
 # ---------------------------------------------------------------- validation
-
-def validate(trainer, cases: list[dict], recipe: configs.RecipeConfig, reward_config) -> dict[str, float]:
-    """Return the `val_*` metrics of greedy decoding on `cases` with the current policy.
-
-    Cases are split over the processes; each generates in batches sorted by prompt length (little
-    padding), with TRL's vLLM engine when `use_vllm` is on, else with `generation.hf_generate_ids`,
-    the decoding every verb uses. The completions go to `validation.jsonl` in the run folder.
-    """
-    from accelerate.utils import gather_object
-
-    from diagnosis_zero import generation, reward
-
-    accelerator = trainer.accelerator
-    tokenizer = trainer.processing_class
-    max_new_tokens = recipe.validation_max_tokens or trainer.args.max_completion_length
-    mine = list(range(accelerator.process_index, len(cases), accelerator.num_processes))
-    prompt_ids = [tokenizer(_rendered(tokenizer, cases[i]), add_special_tokens=False)["input_ids"] for i in mine]
-    if trainer.args.use_vllm:
-        completion_ids = _greedy_vllm(trainer, prompt_ids, max_new_tokens)
-    else:
-        completion_ids = _greedy_hf(trainer, prompt_ids, max_new_tokens, recipe.validation_batch_size)
-    completion_ids = [generation.without_eos(ids, trainer.eos_token_ids) for ids in completion_ids]
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    local = [(i, recipe.assistant_prefix + text, len(ids)) for i, text, ids in zip(mine, texts, completion_ids,
-                                                                                     strict=True)]
-    gathered = gather_object(local)
-    if not accelerator.is_main_process:
-        return {}
-    by_index = {i: (text, length) for i, text, length in gathered}
-    completions = [by_index[i][0] for i in range(len(cases))]
-    results = reward.score_batch(completions, reward_config,
-                                 reward_model=[c["reward_model"] for c in cases],
-                                 extra_info=[c["extra_info"] for c in cases])
-    step = trainer.state.global_step
-    with open(Path(trainer.args.output_dir) / generation.VALIDATION_FILE, "a", encoding="utf-8") as fh:
-        append_jsonl(fh, [{"step": step, "id": c["extra_info"].get("id"), "completion": completions[i],
-                           "num_tokens": by_index[i][1], "score": r["score"]}
-                          for i, (c, r) in enumerate(zip(cases, results, strict=True))])
-    n = len(results)
-    return {
-        "val_score": sum(r["score"] for r in results) / n,
-        "val_accuracy": sum(r["acc"] for r in results) / n,
-        "val_format_rate": sum(r["format"] for r in results) / n,
-        "val_think_rate": sum(r["think_present"] for r in results) / n,
-        # think dropped: an answer but no think block (the one definition, metrics.think_dropped)
-        "val_think_dropped_rate": sum(bool(r["pred"]) and not r["think_present"] for r in results) / n,
-        "val_mixed_language_rate": sum(r["mixed_language"] for r in results) / n,
-        "val_completion_length_mean": sum(by_index[i][1] for i in range(n)) / n,
-    }
-
-
-def _rendered(tokenizer, case: dict) -> str:
-    return render_prompt(tokenizer, case["prompt"])  # a prefilled turn is rendered already (load_split)
-
-
-def _greedy_hf(trainer, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
-    import torch
-    from trl.models.utils import unwrap_model_for_generation
-
-    from diagnosis_zero.generation import hf_generate_ids
-
-    with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
-                                     gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                                     gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs
-                                     ) as model, torch.no_grad():
-        was_training = model.training
-        model.eval()  # no dropout: greedy decoding is then deterministic
-        try:
-            samples = hf_generate_ids(model, prompt_ids, pad_id=trainer.processing_class.pad_token_id,
-                                      eos_ids=list(trainer.eos_token_ids), max_new_tokens=max_new_tokens,
-                                      batch_size=batch_size)
-        finally:
-            if was_training:
-                model.train()
-    return [ids for [ids] in samples]
-
-
-def _greedy_vllm(trainer, prompt_ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """Greedy completions from TRL's own vLLM engine (colocate or server), synced to the policy."""
-    generation = trainer.vllm_generation
-    if trainer.state.global_step != getattr(trainer, "_last_loaded_step", None):
-        generation.sync_weights()
-        trainer._last_loaded_step = trainer.state.global_step
-    saved = {name: getattr(generation, name) for name in
-             ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_completion_length")}
-    generation.temperature, generation.top_p, generation.top_k, generation.min_p = 0.0, 1.0, 0, None
-    generation.repetition_penalty, generation.max_completion_length = 1.0, max_new_tokens
-    try:
-        _, completion_ids, _, _ = generation.generate(prompts=prompt_ids, images=None, num_generations=1)
-    finally:
-        for name, value in saved.items():
-            setattr(generation, name, value)
-    return [list(ids) for ids in completion_ids]
 
 
 # ---------------------------------------------------------------- the run's own prompting
 
-def run_file(plan: TrainPlan) -> dict:
-    """Return the run's resolved recipe and prompting, as saved in the run folder and each checkpoint.
-
-    `prompting` is what `evaluate`, `browse`, `diagnose` and `evaluate-mcq` default to for this run
-    (docs/formats.md): the template of the demo data (None when `prepare` built the prompts), the
-    assistant prefix, and validation's generation length.
-    """
-    from diagnosis_zero import __version__
-
-    recipe, args = plan.recipe, plan.args
-    template = None if recipe.data is not None else (recipe.template or "r1-zero")
-    grpo = {name: getattr(args, name) for name in
-            ("max_completion_length", "temperature", "top_p", "top_k", "repetition_penalty", "num_generations",
-             "max_steps", "learning_rate", "beta", "use_vllm", "output_dir")}
-    return {
-        "diagnosis_zero": __version__, "recipe_path": str(plan.recipe_path),
-        "recipe": dataclasses.asdict(recipe), "grpo": grpo,
-        "prompting": {"model": recipe.model, "template": template, "assistant_prefix": recipe.assistant_prefix,
-                      "max_new_tokens": recipe.validation_max_tokens or args.max_completion_length,
-                      "temperature": 0.0},
-    }
-
-
-def _make_run_file_callback(plan: TrainPlan):
-    """Return a callback writing the run file into the run folder now and into each checkpoint it saves."""
-    from transformers import TrainerCallback
-
-    from diagnosis_zero.generation import RUN_FILE
-
-    text = json.dumps(run_file(plan), indent=2, ensure_ascii=False, default=str) + "\n"
-
-    class RunFileCallback(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                write_text_atomic(plan.output_dir / RUN_FILE, text)
-
-        def on_save(self, args, state, control, **kwargs):
-            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if state.is_world_process_zero and checkpoint.is_dir():
-                write_text_atomic(checkpoint / RUN_FILE, text)
-
-    return RunFileCallback()
-
 
 # ---------------------------------------------------------------- logs
-
-def metric_name(key: str) -> str:
-    """Return the metrics.jsonl name of a TRL log key (docs/formats.md); our own names map to themselves."""
-    if key.startswith("rewards/") and key.endswith("/mean"):
-        return key[:-len("/mean")]
-    if key.startswith("rewards/") and key.endswith("/std"):
-        return key[:-len("/std")] + "_std"
-    return METRIC_NAMES.get(key, key)
-
-
-def rename_logs(logs: dict) -> None:
-    """Rename TRL's log keys in place to metrics.jsonl's names (for the loggers that read `logs` next)."""
-    for key in list(logs):
-        name = metric_name(key)
-        if name != key:
-            logs[name] = logs.pop(key)
-
-
-def metrics_row(logs: dict, step: int, elapsed: float) -> dict:
-    """Return the metrics.jsonl line for TRL's `logs` at `step` (docs/formats.md names; no NaN)."""
-    row: dict[str, Any] = {"step": step}
-    for key, value in logs.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        row[metric_name(key)] = value
-    row["time"] = round(elapsed, 3)
-    return row
-
-
-def read_rows(path: Path) -> list[dict]:
-    """Return the JSON objects of a JSON Lines log (io.read_jsonl's torn-tail policy; other bad lines
-    are skipped with a warning: the log is rewritten from the good ones on resume)."""
-    if not path.is_file():
-        return []
-    lines = read_jsonl(path, skip_bad=True)
-    for error in lines.bad_lines:
-        logger.warning("%s (line skipped)", error)
-    return lines.records
-
-
-def truncate_log(path: Path, last_step: int) -> list[dict]:
-    """Keep only lines with step <= last_step (steps after the checkpoint are redone); return them."""
-    rows = read_rows(path)
-    kept = [row for row in rows if isinstance(row.get("step"), int) and row["step"] <= last_step]
-    if path.is_file() and (len(kept) != len(rows) or path.read_bytes()[-1:] not in (b"", b"\n")):
-        write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
-    return kept
-
-
-def _make_callback(run: RunState):
-    from transformers import TrainerCallback
-
-    class DiagnosisZeroCallback(TrainerCallback):
-        """metrics.jsonl, validation, completion samples, health warnings and Ctrl-C, around TRL's loop."""
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if state.global_step == 0 and run.recipe.validation_steps:
-                row = {"step": 0, **run.validate(), "time": round(run.elapsed(), 3)}
-                if state.is_world_process_zero:
-                    run.write_row(row)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            step = state.global_step
-            if state.is_world_process_zero:
-                run.write_samples(step)
-            every = run.recipe.validation_steps
-            if every and (step % every == 0 or step == state.max_steps):
-                run.pending_validation = run.validate()
-                control.should_log = True  # the validation joins this step's metrics line
-            if step == state.max_steps:
-                control.should_save = True  # always end with a checkpoint
-            if run.stop_requested(run.trainer):
-                control.should_save = True
-                control.should_training_stop = True
-                run.interrupted = True
-            return control
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs if logs is not None else {}
-            if not state.is_world_process_zero or SUMMARY_KEYS & set(logs):
-                return
-            # In place, before the reporting callbacks (see _log_names_first): TensorBoard and the
-            # others log metrics.jsonl's names, validation included.
-            rename_logs(logs)
-            if run.pending_validation:
-                logs.update(run.pending_validation)
-                run.pending_validation = None
-            row = metrics_row(logs, state.global_step, run.elapsed())
-            run.write_row(row)
-            if "reward_mean" in row:
-                logger.info("step %d: reward %.3f, format %.2f, think %.2f, accuracy %.2f, %.0f tokens, %.1f s",
-                            row["step"], row["reward_mean"], row.get("format_rate", math.nan),
-                            row.get("think_rate", math.nan), row.get("accuracy", math.nan),
-                            row.get("completion_length_mean", math.nan), row.get("step_time", math.nan))
-
-    return DiagnosisZeroCallback()
-
-
-class RunState:
-    """What the callback and the reward wrapper share during one `train` call."""
-
-    def __init__(self, plan: TrainPlan, val_cases: list[dict], rows: list[dict]):
-        from diagnosis_zero import health
-
-        self.plan = plan
-        self.recipe = plan.recipe
-        self.val_cases = val_cases
-        self.rows = rows
-        self.last_step = max((row["step"] for row in rows), default=-1)
-        self.time_offset = max((row.get("time", 0.0) for row in rows), default=0.0)
-        self.started = time.monotonic()
-        self.pending_validation: dict | None = None
-        self.samples: list[dict] = []
-        self.samples_step = -1
-        self.trainer = None
-        self.interrupted = False
-        self.sigint = False
-        self.health_raised: set = set()
-        health.new_flags(rows, self.health_raised)  # already reported in an earlier session
-
-    def elapsed(self) -> float:
-        return self.time_offset + time.monotonic() - self.started
-
-    def validate(self) -> dict:
-        if not self.val_cases:
-            return {}
-        began = time.monotonic()
-        metrics = validate(self.trainer, self.val_cases, self.recipe, self.plan.reward_config)
-        if metrics:
-            logger.info("validation at step %d: score %.3f, accuracy %.3f, format %.3f (%.0f s)",
-                        self.trainer.state.global_step, metrics["val_score"], metrics["val_accuracy"],
-                        metrics["val_format_rate"], time.monotonic() - began)
-        return metrics
-
-    def write_row(self, row: dict) -> None:
-        from diagnosis_zero import health
-
-        if row["step"] <= self.last_step:
-            return
-        with open(self.plan.output_dir / METRICS_FILE, "a", encoding="utf-8") as fh:
-            append_jsonl(fh, [row])
-        self.last_step = row["step"]
-        self.rows.append(row)
-        for flag in health.new_flags(self.rows, self.health_raised):
-            logger.warning("training health: %s", flag)
-
-    def on_reward_batch(self, prompts, completions, columns) -> None:
-        """Keep a few scored completions of the batch being generated (for step global_step + 1)."""
-        every = self.recipe.completions_log_steps
-        state = columns.get("trainer_state")
-        step = (state.global_step if state is not None else 0) + 1
-        if not every or not (step == 1 or step % every == 0):
-            return
-        from diagnosis_zero import reward
-
-        count = min(self.recipe.completions_log_count, len(completions))
-        picks = [round(k * (len(completions) - 1) / max(count - 1, 1)) for k in range(count)]
-        results = reward.score_batch(completions, self.plan.reward_config,
-                                     **{k: v for k, v in columns.items() if k in ("reward_model", "extra_info")})
-        self.samples = []
-        for i in dict.fromkeys(picks):
-            truth = columns["reward_model"][i]["ground_truth"]
-            result = results[i]
-            self.samples.append({
-                "step": step, "id": columns["extra_info"][i].get("id"),
-                "prompt": prompts[i] if prompts is not None else None,
-                "completion": completion_text(completions[i]), "references": list(truth["diagnosis"]),
-                "orpha_id": truth["orpha_id"], "score": result["score"], "acc": result["acc"],
-                "format": result["format"], "think_present": result["think_present"],
-                "mixed_language": result["mixed_language"], "prediction": result["pred"],
-            })
-        self.samples_step = step
-
-    def write_samples(self, step: int) -> None:
-        if self.samples and self.samples_step == step:
-            with open(self.plan.output_dir / COMPLETIONS_FILE, "a", encoding="utf-8") as fh:
-                append_jsonl(fh, self.samples)
-        self.samples = []
-
-    def stop_requested(self, trainer) -> bool:
-        """True once Ctrl-C was pressed on any process (all processes stop at the same step)."""
-        if trainer is None or trainer.accelerator.num_processes == 1:
-            return self.sigint
-        import torch
-
-        flag = torch.tensor([1.0 if self.sigint else 0.0], device=trainer.accelerator.device)
-        return bool(trainer.accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 # ---------------------------------------------------------------- training
@@ -722,6 +399,8 @@ def train(plan: TrainPlan) -> dict:
         tokenizer = models.load_tokenizer(recipe.model, trust_remote_code=args.trust_remote_code)
     except OSError as exc:  # a hub id that is not cached while offline, a folder without a tokenizer
         raise ConfigError("model", f"cannot load the tokenizer of {recipe.model}: {exc}") from None
+    if recipe.tools:
+        train_tools.set_up_tools(recipe, tokenizer)
     with state.main_process_first():
         data_dir = prepared_data_dir(recipe)
     train_rows = load_split(data_dir, "train", tokenizer, recipe)
@@ -745,6 +424,8 @@ def train(plan: TrainPlan) -> dict:
     train_dataset = Dataset.from_list(train_rows)
     reward_funcs, weights = make_reward_funcs(plan.reward_config, recipe.assistant_prefix, run.on_reward_batch,
                                               plan.judge_config)
+    if recipe.tools:
+        reward_funcs, weights = train_tools.tool_reward_funcs(reward_funcs, weights, plan)
     if args.reward_weights is None:
         args.reward_weights = weights
     model_init_kwargs = {"dtype": _dtype(recipe, args, plan.device, torch)}
@@ -756,13 +437,13 @@ def train(plan: TrainPlan) -> dict:
         peft_config = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
                                  target_modules=targets[0] if targets == ["all-linear"] else targets,
                                  task_type="CAUSAL_LM")
-    callback = _make_callback(run)
+    callback = make_callback(run)
     trainer = GRPOTrainer(model=model_path, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset,
                           processing_class=tokenizer, peft_config=peft_config,
-                          callbacks=[_make_run_file_callback(plan), callback])
+                          callbacks=[make_run_file_callback(plan), callback], tools=train_tools.tool_funcs(recipe) or None)
     run.trainer = trainer
-    _log_names_first(trainer, callback)
-    _quiet_progress(trainer)
+    log_names_first(trainer, callback)
+    quiet_progress(trainer)
 
     def on_sigint(signum, frame):
         run.sigint = True
@@ -796,27 +477,6 @@ def _load_indexed_cpu_locations(torch) -> None:
 
     torch.serialization.register_package(30, lambda storage: None, deserialize)
     _load_indexed_cpu_locations.done = True
-
-
-def _log_names_first(trainer, callback) -> None:
-    """Put our callback first, so its on_log renames TRL's keys before the reporting integrations
-    (TensorBoard, W&B, ...) log them: Trainer puts those before the `callbacks` it is given."""
-    trainer.callback_handler.callbacks.remove(callback)
-    trainer.callback_handler.callbacks.insert(0, callback)
-
-
-def _quiet_progress(trainer) -> None:
-    """Keep TRL's progress bar (steps, ETA) but not its dump of every metric after each step; our
-    callback logs one short line per step instead, and metrics.jsonl has everything."""
-    from transformers.trainer_callback import ProgressCallback
-
-    class QuietProgress(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            pass
-
-    if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(QuietProgress())
 
 
 def _dtype(recipe: configs.RecipeConfig, args, device: str, torch):
