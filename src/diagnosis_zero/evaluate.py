@@ -36,13 +36,7 @@ from pathlib import Path
 from diagnosis_zero import generation
 from diagnosis_zero.cli import add_dataclass_arguments, dataclass_from_args
 from diagnosis_zero.errors import ConfigError
-from diagnosis_zero.generation import (  # noqa: F401  (record_key, resume_jsonl: judge imports them from here)
-    GenerationConfig,
-    generate_into,
-    model_label,
-    record_key,
-    resume_jsonl,
-)
+from diagnosis_zero.generation import GenerationConfig, generate_into, model_label
 from diagnosis_zero.tool_generation import ToolConfig, configure_tools, resolve_tools
 
 log = logging.getLogger(__name__)

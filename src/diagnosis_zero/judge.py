@@ -31,8 +31,8 @@ from pathlib import Path
 
 from diagnosis_zero import cli, rarearena
 from diagnosis_zero.errors import ConfigError, InputFileError
-from diagnosis_zero.evaluate import record_key, resume_jsonl
-from diagnosis_zero.io import append_jsonl, atomic_path, iter_jsonl
+from diagnosis_zero.generation import record_key
+from diagnosis_zero.io import append_jsonl, atomic_path, iter_jsonl, resume_jsonl
 from diagnosis_zero.judge_items import (
     ItemGrader,
     JudgeCache,
