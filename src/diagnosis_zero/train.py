@@ -38,6 +38,7 @@ from diagnosis_zero.train_callbacks import (  # noqa: F401 (METRIC_NAMES, SUMMAR
     METRICS_FILE,
     SUMMARY_KEYS,
     RunState,
+    format_summary,
     log_names_first,
     make_callback,
     make_run_file_callback,
@@ -495,48 +496,3 @@ def _dtype(recipe: configs.RecipeConfig, args, device: str, torch):
         if args.fp16:
             return torch.float16
     return torch.float32
-
-
-def format_summary(summary: dict) -> str:
-    """Return the end-of-run summary: first/last step reward, format rate, accuracy; output paths."""
-    steps = [row for row in summary["rows"] if row["step"] >= 1 and "reward_mean" in row]
-    lines = []
-    status = "interrupted (resume with --resume)" if summary["interrupted"] else "done"
-    if steps:
-        durations = sorted(b["time"] - a["time"] for a, b in zip(steps, steps[1:], strict=False) if b["step"] == a["step"] + 1)
-        per_step = f", {durations[len(durations) // 2]:.1f} s/step" if durations else ""
-        lines.append(f"training {status}: {steps[-1]['step']} steps on {summary['device']} in "
-                     f"{steps[-1]['time']:.0f} s{per_step}")
-        head, tail = steps[:5], steps[-5:]
-        lines.append(f"{'':22}{'step ' + str(steps[0]['step']):>10}{'step ' + str(steps[-1]['step']):>10}"
-                     f"{'first 5':>10}{'last 5':>10}")
-        for key in ("reward_mean", "format_rate", "accuracy"):
-            first, last = steps[0].get(key), steps[-1].get(key)
-            lines.append(f"  {key:20}{_num(first):>10}{_num(last):>10}{_num(_mean(head, key)):>10}"
-                         f"{_num(_mean(tail, key)):>10}")
-    else:
-        lines.append(f"training {status}: no step finished")
-    validations = [row for row in summary["rows"] if "val_score" in row]
-    if validations:
-        lines.append(f"  validation score: step {validations[0]['step']} {validations[0]['val_score']:.3f}"
-                     f" -> step {validations[-1]['step']} {validations[-1]['val_score']:.3f}"
-                     f" (format {validations[0]['val_format_rate']:.2f} -> {validations[-1]['val_format_rate']:.2f})")
-    output_dir = Path(summary["output_dir"])
-    lines.append("outputs:")
-    lines.append(f"  metrics      {output_dir / METRICS_FILE}")
-    if summary["completions"]:
-        lines.append(f"  completions  {summary['completions']}")
-    if summary["checkpoint"]:
-        lines.append(f"  checkpoint   {summary['checkpoint']}")
-    if summary["logging_dir"]:
-        lines.append(f"  tensorboard  tensorboard --logdir {summary['logging_dir']}")
-    return "\n".join(lines)
-
-
-def _mean(rows: list[dict], key: str) -> float | None:
-    values = [row[key] for row in rows if key in row]
-    return sum(values) / len(values) if values else None
-
-
-def _num(value) -> str:
-    return "-" if value is None else f"{value:.3f}"

@@ -5,7 +5,8 @@
 - greedy validation (`train_validation.validate`) at step 0 and every `validation_steps` steps;
 - a sample of scored completions in `completions.jsonl`; live training-health warnings;
 - Ctrl-C: a checkpoint after the current step, then a clean stop;
-- the run file (resolved recipe and prompting) in the run folder and each checkpoint.
+- the run file (resolved recipe and prompting) in the run folder and each checkpoint;
+- the end-of-run summary (`format_summary`) read from the logged rows.
 """
 
 from __future__ import annotations
@@ -304,3 +305,48 @@ def quiet_progress(trainer) -> None:
     if any(isinstance(cb, ProgressCallback) for cb in trainer.callback_handler.callbacks):
         trainer.remove_callback(ProgressCallback)
         trainer.add_callback(QuietProgress())
+
+
+def format_summary(summary: dict) -> str:
+    """Return the end-of-run summary: first/last step reward, format rate, accuracy; output paths."""
+    steps = [row for row in summary["rows"] if row["step"] >= 1 and "reward_mean" in row]
+    lines = []
+    status = "interrupted (resume with --resume)" if summary["interrupted"] else "done"
+    if steps:
+        durations = sorted(b["time"] - a["time"] for a, b in zip(steps, steps[1:], strict=False) if b["step"] == a["step"] + 1)
+        per_step = f", {durations[len(durations) // 2]:.1f} s/step" if durations else ""
+        lines.append(f"training {status}: {steps[-1]['step']} steps on {summary['device']} in "
+                     f"{steps[-1]['time']:.0f} s{per_step}")
+        head, tail = steps[:5], steps[-5:]
+        lines.append(f"{'':22}{'step ' + str(steps[0]['step']):>10}{'step ' + str(steps[-1]['step']):>10}"
+                     f"{'first 5':>10}{'last 5':>10}")
+        for key in ("reward_mean", "format_rate", "accuracy"):
+            first, last = steps[0].get(key), steps[-1].get(key)
+            lines.append(f"  {key:20}{_num(first):>10}{_num(last):>10}{_num(_mean(head, key)):>10}"
+                         f"{_num(_mean(tail, key)):>10}")
+    else:
+        lines.append(f"training {status}: no step finished")
+    validations = [row for row in summary["rows"] if "val_score" in row]
+    if validations:
+        lines.append(f"  validation score: step {validations[0]['step']} {validations[0]['val_score']:.3f}"
+                     f" -> step {validations[-1]['step']} {validations[-1]['val_score']:.3f}"
+                     f" (format {validations[0]['val_format_rate']:.2f} -> {validations[-1]['val_format_rate']:.2f})")
+    output_dir = Path(summary["output_dir"])
+    lines.append("outputs:")
+    lines.append(f"  metrics      {output_dir / METRICS_FILE}")
+    if summary["completions"]:
+        lines.append(f"  completions  {summary['completions']}")
+    if summary["checkpoint"]:
+        lines.append(f"  checkpoint   {summary['checkpoint']}")
+    if summary["logging_dir"]:
+        lines.append(f"  tensorboard  tensorboard --logdir {summary['logging_dir']}")
+    return "\n".join(lines)
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    values = [row[key] for row in rows if key in row]
+    return sum(values) / len(values) if values else None
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
