@@ -44,3 +44,13 @@ def hypernym_json() -> Path:
     """RareArena's orphanet_hypernym.json from ../shared/data (not shipped with the package)."""
     assert HYPERNYM_JSON.is_file(), f"missing test data {HYPERNYM_JSON}"
     return HYPERNYM_JSON
+
+
+@pytest.fixture
+def server():
+    """The local fake OpenAI-compatible judge (tests/judge_server.py) on 127.0.0.1, stopped afterwards."""
+    from judge_server import JudgeServer
+
+    judge = JudgeServer().start()
+    yield judge
+    judge.stop()

@@ -26,13 +26,6 @@ LCHAD_PARENT = "3-hydroxyacyl-CoA dehydrogenase deficiency"
 LCHAD_BROAD = "Rare hereditary metabolic disease with peripheral neuropathy"
 
 
-@pytest.fixture
-def server():
-    judge = JudgeServer().start()
-    yield judge
-    judge.stop()
-
-
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)

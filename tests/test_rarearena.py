@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-from judge_server import JudgeServer
 
 from diagnosis_zero import cli, rarearena
 from diagnosis_zero.rarearena import parse_scores, rarearena_table, top_scores
@@ -23,13 +22,6 @@ INFERENCE = "\nAs an expert in rare disease field, enumerate top 5 most likely d
 
 TETRASOMY_PARENTS = ("['Polysomy of X chromosome syndrome', 'Rare female infertility due to an anomaly of ovarian "
                      "function of genetic origin', 'Rare female infertility due to an anomaly of ovarian function']")
-
-
-@pytest.fixture
-def server():
-    judge = JudgeServer().start()
-    yield judge
-    judge.stop()
 
 
 @pytest.fixture(autouse=True)
