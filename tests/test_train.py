@@ -231,9 +231,16 @@ def test_reward_sees_the_prefilled_prefix():
 
 
 def test_plan_applies_cpu_settings_without_loading(no_model_loading, tiny_model_dir, tmp_path):
+    import torch
+
     plan = train.plan_run(None, {"model": str(tiny_model_dir), "output_dir": str(tmp_path / "o"),
                                  "bf16": "true"})
-    assert plan.device == "cpu" and plan.args.use_cpu and not plan.args.bf16
+    native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    # bf16 autocast stays where the CPU has native bf16 (the demo's speed relies on it), else it goes
+    assert plan.device == "cpu" and plan.args.use_cpu and plan.args.bf16 is native_bf16
+    plan = train.plan_run(None, {"model": str(tiny_model_dir), "output_dir": str(tmp_path / "o"), "fp16": "true",
+                                 "bf16": "false"})
+    assert not plan.args.fp16 and not plan.args.bf16  # fp16 never runs on a CPU; bf16 never unasked
     assert plan.args.logging_steps == 1 and plan.args.report_to == ["tensorboard"]
     with pytest.raises(ConfigError, match="use_vllm"):
         train.plan_run(None, {"model": str(tiny_model_dir), "output_dir": str(tmp_path / "o"), "use_vllm": "true"})

@@ -156,9 +156,12 @@ def plan_run(recipe_spec: str | None, overrides: configs.Overrides, *, resume: b
     if device == "cpu":
         if grpo_kwargs.get("use_vllm"):
             raise ConfigError("use_vllm", "vLLM needs a CUDA GPU; on CPU pass --use-vllm false")
-        if grpo_kwargs.get("bf16") or grpo_kwargs.get("fp16"):
-            logger.info("no GPU: training in float32 on the CPU (bf16/fp16 turned off)")
-        grpo_kwargs.update(use_cpu=True, bf16=False, fp16=False)
+        # bf16 autocast stays on where the CPU computes bf16 natively (AMX / AVX512-BF16); fp16 never does.
+        keep_bf16 = bool(grpo_kwargs.get("bf16")) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if (grpo_kwargs.get("bf16") and not keep_bf16) or grpo_kwargs.get("fp16"):
+            logger.info("no GPU: training in float32 on the CPU (%s turned off)",
+                        "fp16" if keep_bf16 else "bf16/fp16")
+        grpo_kwargs.update(use_cpu=True, bf16=keep_bf16, fp16=False)
     if grpo_kwargs.get("use_vllm"):
         import importlib.util
 
@@ -393,8 +396,10 @@ def train(plan: TrainPlan) -> dict:
     # Under torchrun/accelerate every process runs this; only the main one writes the logs, and it
     # builds the shared caches (demo data, converted bundled model) before the others read them.
     state = PartialState()
-    if plan.device == "cpu" and state.num_processes > 1:
-        _load_indexed_cpu_locations(torch)
+    if plan.device == "cpu":
+        _score_completions_only_on_cpu()
+        if state.num_processes > 1:
+            _load_indexed_cpu_locations(torch)
     # Data first: a problem with it shows before the (possibly slow) model conversion and loading.
     try:
         tokenizer = models.load_tokenizer(recipe.model, trust_remote_code=args.trust_remote_code)
@@ -464,6 +469,29 @@ def train(plan: TrainPlan) -> dict:
         "completions": str(output_dir / COMPLETIONS_FILE) if (output_dir / COMPLETIONS_FILE).is_file() else None,
         "global_step": trainer.state.global_step, "main_process": state.is_main_process,
     }
+
+
+def _score_completions_only_on_cpu() -> None:
+    """Make TRL's fused LM head score only the completion tokens on the CPU, as it does on CUDA.
+
+    TRL 1.16 (`trainer/utils.py`) scores only the labelled positions where Triton runs and every
+    position elsewhere, so that Neuron does not recompile for each batch size. On a CPU that means the
+    vocabulary projection and its backward run over the prompt too, then are masked out: for the demo
+    (about 140 prompt and 48 completion tokens) that was 55% of the update (BENCHMARKS.md). The
+    log-probabilities are identical either way (tests/test_train_cpu.py); the chunked kernel keeps its
+    own CPU code path, since this only changes which rows `trainer/utils.py` hands it.
+    """
+    import trl.trainer.utils as trl_utils
+
+    pick = getattr(trl_utils, "_use_triton", None)
+    if pick is None or getattr(pick, "diagnosis_zero", False):
+        return  # another TRL layout: nothing to change; or already done
+
+    def compact_rows(device) -> bool:
+        return device.type == "cpu" or pick(device)
+
+    compact_rows.diagnosis_zero = True
+    trl_utils._use_triton = compact_rows
 
 
 def _load_indexed_cpu_locations(torch) -> None:
