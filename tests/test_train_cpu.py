@@ -19,10 +19,9 @@ def _fused_outputs(model, input_ids, attention_mask, labels):
 
 def test_completion_only_scoring_matches_every_row(tiny_model_dir, monkeypatch):
     from transformers import AutoModelForCausalLM
+    from trl.kernels import chunked_logprob
 
     from diagnosis_zero.train import _score_completions_only_on_cpu
-
-    from trl.kernels import chunked_logprob
 
     # start from TRL's own choice (an earlier `train` in this process has applied the fix); restored after
     monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
