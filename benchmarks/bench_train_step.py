@@ -56,7 +56,7 @@ def plain_trl(out: Path, steps: int, fixed_head: bool) -> None:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from diagnosis_zero import models, reward, train
+    from diagnosis_zero import models, reward, train, train_cpu
 
     # Only to read the same settings: the demo recipe's GRPOConfig values, model and data.
     plan = train.plan_run(None, {**OVERRIDES, "output_dir": str(out), "max_steps": str(steps)})
@@ -80,7 +80,7 @@ def plain_trl(out: Path, steps: int, fixed_head: bool) -> None:
     args.model_init_kwargs = {"dtype": train._dtype(recipe, args, plan.device, __import__("torch")),
                               **(args.model_init_kwargs or {})}
     if fixed_head:  # the one TRL setting `train` changes on a CPU: score only completion rows
-        train._score_completions_only_on_cpu()
+        train_cpu.score_completions_only()
     started = time.monotonic()
     times = []
 

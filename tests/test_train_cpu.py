@@ -21,7 +21,7 @@ def test_completion_only_scoring_matches_every_row(tiny_model_dir, monkeypatch):
     from transformers import AutoModelForCausalLM
     from trl.kernels import chunked_logprob
 
-    from diagnosis_zero.train import _score_completions_only_on_cpu
+    from diagnosis_zero.train_cpu import score_completions_only
 
     # start from TRL's own choice (an earlier `train` in this process has applied the fix); restored after
     monkeypatch.setattr(trl_utils, "_use_triton", chunked_logprob._use_triton)
@@ -37,8 +37,8 @@ def test_completion_only_scoring_matches_every_row(tiny_model_dir, monkeypatch):
 
     assert trl_utils._use_triton(torch.device("cpu")) is False  # TRL's own choice: score every row
     every_row = _fused_outputs(model, input_ids, attention_mask, labels)
-    _score_completions_only_on_cpu()
-    _score_completions_only_on_cpu()  # idempotent
+    score_completions_only()
+    score_completions_only()  # idempotent
     assert trl_utils._use_triton(torch.device("cpu")) is True
     assert chunked_logprob._use_triton(torch.device("cpu")) is False  # the kernel keeps its CPU path
     completion_rows = _fused_outputs(model, input_ids, attention_mask, labels)

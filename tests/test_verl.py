@@ -86,6 +86,17 @@ def dry_run(size: str, tmp_path: Path, *overrides: str, **env: str) -> tuple[sub
     return process, config_json
 
 
+def run_probe(script: str, config_json: Path, responses: list[str], tmp_path: Path) -> dict:
+    """Run tests/<script> in .venv-verl on the composed config and `responses`; return its JSON report."""
+    responses_json = tmp_path / "responses.json"
+    responses_json.write_text(json.dumps(responses))
+    report_json = tmp_path / "report.json"
+    probe = subprocess.run([verl_python(), str(REPO / "tests" / script), str(config_json), str(responses_json),
+                            str(report_json)], capture_output=True, text=True, env=verl_env(), timeout=600)
+    assert probe.returncode == 0, probe.stderr[-5000:]
+    return json.loads(report_json.read_text())
+
+
 @pytest.mark.parametrize("size", sorted(GPUS))
 def test_recipe_overrides_compose_and_validate_in_verl(size, tmp_path, installed_package, prepared_dir,
                                                        tiny_model_dir):
@@ -160,14 +171,7 @@ def test_verl_naive_reward_manager_scores_our_parquet_with_our_reward(tmp_path, 
         "1.5b", tmp_path, f"actor_rollout_ref.model.tokenizer_path={qwen_tokenizer_dir}", "reward.num_workers=2",
         MODEL_PATH=str(tiny_model_dir), DATA_DIR=str(prepared_dir))
     assert process.returncode == 0, process.stderr[-3000:]
-    responses_json = tmp_path / "responses.json"
-    responses_json.write_text(json.dumps(RESPONSES))
-    report_json = tmp_path / "report.json"
-    probe = subprocess.run([verl_python(), str(REPO / "tests" / "verl_reward_probe.py"), str(config_json),
-                            str(responses_json), str(report_json)],
-                           capture_output=True, text=True, env=verl_env(), timeout=600)
-    assert probe.returncode == 0, probe.stderr[-5000:]
-    report = json.loads(report_json.read_text())
+    report = run_probe("verl_reward_probe.py", config_json, RESPONSES, tmp_path)
 
     # verl passed the decoded response only (no prompt), and our compute_score, run here in the
     # main environment on the same parquet rows, gives exactly what verl recorded.

@@ -4,14 +4,13 @@ and the verdicts come from the fake judge on 127.0.0.1 (tests/judge_server.py), 
 
 import asyncio
 import json
-import subprocess
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import test_verl
 from judge_server import JudgeServer
-from test_verl import dry_run, verl_env, verl_python
+from test_verl import dry_run, run_probe
 
 from diagnosis_zero import judge_reward
 
@@ -55,14 +54,7 @@ def test_verl_reward_loop_scores_a_batch_with_the_judge_reward(tmp_path, install
         config = json.loads(config_json.read_text())
         assert config["reward"]["custom_reward_function"]["path"] == str(installed_package / "judge_reward.py")
         assert config["reward"]["custom_reward_function"]["reward_kwargs"] == judge_kwargs
-        responses_json = tmp_path / "responses.json"
-        responses_json.write_text(json.dumps(RESPONSES))
-        report_json = tmp_path / "report.json"
-        probe = subprocess.run([verl_python(), str(REPO / "tests" / "verl_judge_probe.py"), str(config_json),
-                                str(responses_json), str(report_json)],
-                               capture_output=True, text=True, env=verl_env(), timeout=600)
-        assert probe.returncode == 0, probe.stderr[-5000:]
-        report = json.loads(report_json.read_text())
+        report = run_probe("verl_judge_probe.py", config_json, RESPONSES, tmp_path)
         asked = server.predictions()
     finally:
         server.stop()

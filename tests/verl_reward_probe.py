@@ -40,16 +40,14 @@ def tokenize_batch(rows: list[dict], responses: list[str], tokenizer):
     return prompts, responses_tensor, torch.cat([prompt_mask, response_mask], dim=1)
 
 
-def main(config_path: str, responses_path: str, out_path: str) -> int:
+def build_batch(config_path: str, responses_path: str):
+    """Return (config, tokenizer, rows, columns, batch): the config's val rows with the responses, as a
+    DataProto laid out as verl's agent loop hands it to rewards."""
     import numpy as np
-    import ray
     from omegaconf import OmegaConf
     from tensordict import TensorDict
     from verl import DataProto
-    from verl.experimental.reward_loop import RewardLoopManager
-    from verl.trainer.ppo.reward import get_custom_reward_fn
     from verl.trainer.ppo.utils import create_rl_dataset
-    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
     from verl.utils import hf_tokenizer
     from verl.utils.dataset.rl_dataset import collate_fn
 
@@ -65,17 +63,19 @@ def main(config_path: str, responses_path: str, out_path: str) -> int:
     rows = [dataset[i] for i in range(len(responses))]
     columns = collate_fn(rows)
     prompts, response_ids, attention_mask = tokenize_batch(rows, responses, tokenizer)
-    uids = np.array([str(uuid.uuid4()) for _ in rows], dtype=object)
     batch = DataProto(
         batch=TensorDict({"prompts": prompts, "responses": response_ids, "attention_mask": attention_mask},
                          batch_size=len(rows)),
         non_tensor_batch={key: columns[key] for key in ("data_source", "reward_model", "extra_info", "raw_prompt")}
-        | {"uid": uids},
+        | {"uid": np.array([str(uuid.uuid4()) for _ in rows], dtype=object)},
     )
-    # What the naive manager decodes from the valid response tokens and passes as solution_str.
-    valid_lengths = attention_mask[:, prompts.shape[1]:].sum(dim=1).tolist()
-    solution_strs = [tokenizer.decode(ids[:length], skip_special_tokens=True)
-                     for ids, length in zip(response_ids, valid_lengths, strict=True)]
+    return config, tokenizer, rows, columns, batch
+
+
+def score_both_ways(config, batch):
+    """Score `batch` with verl's RewardLoopManager in a local Ray cluster; return (per_item, scored)."""
+    import ray
+    from verl.experimental.reward_loop import RewardLoopManager
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
@@ -88,6 +88,24 @@ def main(config_path: str, responses_path: str, out_path: str) -> int:
         scored = manager.compute_rm_score(batch)
     finally:
         ray.shutdown()
+    return per_item, scored
+
+
+def main(config_path: str, responses_path: str, out_path: str) -> int:
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    from verl.trainer.ppo.v1.trainer_base import PPOTrainer
+
+    config, tokenizer, rows, columns, batch = build_batch(config_path, responses_path)
+    uids = batch.non_tensor_batch["uid"]
+    prompts, response_ids = batch.batch["prompts"], batch.batch["responses"]
+    attention_mask = batch.batch["attention_mask"]
+    # What the naive manager decodes from the valid response tokens and passes as solution_str.
+    valid_lengths = attention_mask[:, prompts.shape[1]:].sum(dim=1).tolist()
+    solution_strs = [tokenizer.decode(ids[:length], skip_special_tokens=True)
+                     for ids, length in zip(response_ids, valid_lengths, strict=True)]
+
+    per_item, scored = score_both_ways(config, batch)
 
     rm_scores = scored.batch["rm_scores"]
     extra_keys = scored.meta_info["reward_extra_keys"]
@@ -126,12 +144,12 @@ def main(config_path: str, responses_path: str, out_path: str) -> int:
         "solution_strs": solution_strs,
         "ground_truths": [json.loads(json.dumps(row["reward_model"]["ground_truth"], default=list)) for row in rows],
         "per_item": [{"reward_score": item["reward_score"],
-                      "reward_extra_info": {k: _plain(v) for k, v in item["reward_extra_info"].items()}}
+                      "reward_extra_info": {k: plain(v) for k, v in item["reward_extra_info"].items()}}
                      for item in per_item],
         "rm_scores": rm_scores.tolist(),
         "valid_response_lengths": valid_lengths,
         "reward_extra_keys": list(extra_keys),
-        "non_tensor_batch": {key: [_plain(v) for v in scored.non_tensor_batch[key]] for key in extra_keys},
+        "non_tensor_batch": {key: [plain(v) for v in scored.non_tensor_batch[key]] for key in extra_keys},
         "val_metrics": {key: float(value) for key, value in val_metrics.items()},
         "threads_agree": threaded == serial,
         "original_preset": original_scores,
@@ -142,7 +160,7 @@ def main(config_path: str, responses_path: str, out_path: str) -> int:
     return 0
 
 
-def _plain(value):
+def plain(value):
     """Return a JSON-ready copy of a numpy scalar (what verl stores in its arrays)."""
     return value.item() if hasattr(value, "item") else value
 
